@@ -1,0 +1,1 @@
+//! Bit-packed quantization codecs (placeholder until issue 3 lands).

@@ -1,0 +1,1 @@
+//! One-sided RDMA transport (not implemented yet: see issue 5).

@@ -1,0 +1,1 @@
+//! Communication-graph generators and analysis.
