@@ -1,0 +1,1 @@
+//! Integration tests for the swarm workspace live in `tests/`.
