@@ -24,4 +24,18 @@ pub enum QuantError {
     /// A parameter is out of its valid range.
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
+    /// The payload's header is well formed but its body holds values no encoder produces.
+    #[error("corrupt payload: {0}")]
+    Corrupt(String),
+    /// The input vector holds a NaN or an infinity, which no quantizer can represent.
+    #[error("input holds a non-finite value")]
+    NonFinite,
+    /// A codec specification string could not be parsed.
+    #[error("bad codec spec {spec:?}: {reason}")]
+    BadSpec {
+        /// The offending specification (or the part of it that failed).
+        spec: String,
+        /// Why it was rejected.
+        reason: String,
+    },
 }

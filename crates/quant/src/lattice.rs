@@ -1,0 +1,422 @@
+//! The lattice (modulo) quantizer of Davies et al., "New Bounds for Distributed Mean Estimation
+//! and Variance Reduction" (arXiv 2002.09268), in its cubic-lattice form.
+//!
+//! # Scheme
+//! With `q = 2^b` and step `eps`, the writer sends, per coordinate,
+//! `c = round(x/eps + v) mod q`, where `v` is a dither in `[0, 2)` shared with every reader
+//! through a 64-bit nonce in the header. A reader holding its own vector `y` decodes the lattice
+//! point congruent to `c` nearest to `y`: `k' = c + q * round((y/eps + v - c) / q)` and
+//! `x' = (k' - v) * eps`. The dither is subtractive, so `x' - x` is uniform in `[-eps/2, eps/2]`
+//! and unbiased whenever the decode is correct.
+//!
+//! Decoding is correct (`k' = k`) whenever `|y/eps + v - k| < q/2`, which holds for every
+//! coordinate with `|x - y| < (q - 1)/2 * eps` (up to f32 rounding of about `2^-4 * eps`). The
+//! error of a correct decode is at most `eps/2` plus f32 rounding (the encoder keeps
+//! `|x|/eps < 2^20`, so that rounding is below `eps/8`).
+//!
+//! # Step adaptation
+//! [`Codec::observe_distance`] with the largest observed `||x - y||_inf = D` sets
+//! `eps = SAFETY * D / ((q - 1)/2)` with a default safety factor of 2 (so `q*eps/2` is about twice
+//! the observed distance). Before any observation the codec assumes `D = 2 ||x||_inf`. The step is
+//! floored so that `|x|/eps < 2^20` (f32 precision is exhausted below that anyway): an encode that
+//! finds a larger value redoes itself with a larger step. The step used is in the header.
+//!
+//! # Failure detection
+//! A wrong decode of coordinate `i` gives `k'_i = k_i + m_i q` with `m_i != 0`, that is, a wrong
+//! high part `k >> b`. For every bucket the encoder sends `sum_i w_i (k_i >> b) mod 2^32` with
+//! odd 32-bit weights `w_i` drawn from the payload's nonce; the decoder computes the same sum
+//! from its `k'_i` and counts a mismatch in [`DecodeReport::failed_buckets`]. A failed bucket
+//! always changes the sum unless `sum_i w_i m_i = 0 mod 2^32`: for a failure pattern that does not
+//! depend on the nonce and some odd `m_i` (in practice `m_i = +-1`), that has probability at most
+//! `2^-31` over the nonce (at most `2^-(31-t)` when every `m_i` is a multiple of `2^t`). So a
+//! failure goes unreported with probability at most about `2^-31` per failed bucket, and a
+//! correct decode is never reported as failed.
+
+use crate::bits::{dispatch_width, encode_blocks, decode_blocks, packed_len, BLOCK};
+use crate::rng::{mix64, nonce, unit_f32};
+use crate::stats::{max_abs, max_abs_bits, round_i, MAGIC, MAGIC_BITS};
+use crate::wire::{check_header, f32_at, len_u32, put_f32_at, put_header, size_output, Kind, COMMON_HEADER};
+use crate::{Codec, DecodeReport, QuantError};
+
+/// Bytes of header: common header + bits, log2(bucket), 2 reserved, eps (f32), nonce (u64).
+pub const LATTICE_HEADER: usize = COMMON_HEADER + 16;
+/// Largest `|x| / eps` the encoder accepts before raising `eps`.
+const LIMIT: f32 = 1_048_576.0;
+/// Smallest step ever used (keeps `1/eps` finite).
+const MIN_EPS: f32 = 1e-30;
+/// Largest step ever used.
+const MAX_EPS: f32 = 1e36;
+
+/// Lattice (modulo) quantizer with shared dither, distance-adaptive step and per-bucket failure
+/// detection. See the [module documentation](self) for the scheme and its guarantees.
+#[derive(Debug, Clone)]
+pub struct LatticeCodec {
+    bits: u32,
+    bucket_log2: u32,
+    seed: u64,
+    counter: u64,
+    safety: f32,
+    target_eps: Option<f32>,
+    last_max_abs: f32,
+    last_eps: f32,
+    dither: Vec<f32>,
+    weights: Vec<u32>,
+}
+
+impl LatticeCodec {
+    /// Default bucket size (coordinates per integrity check), as log2.
+    pub const DEFAULT_BUCKET_LOG2: u32 = 10;
+    /// Default safety factor of the step over the observed distance.
+    pub const DEFAULT_SAFETY: f32 = 2.0;
+
+    /// A codec with `bits` bits per coordinate (2..=16), buckets of 1024 coordinates, and dither
+    /// nonces derived from `seed`.
+    pub fn new(bits: u32, seed: u64) -> Result<Self, QuantError> {
+        if !(2..=16).contains(&bits) {
+            return Err(QuantError::InvalidParameter(format!(
+                "lattice bits {bits} not in 2..=16"
+            )));
+        }
+        Ok(LatticeCodec {
+            bits,
+            bucket_log2: Self::DEFAULT_BUCKET_LOG2,
+            seed,
+            counter: 0,
+            safety: Self::DEFAULT_SAFETY,
+            target_eps: None,
+            last_max_abs: 0.0,
+            last_eps: 0.0,
+            dither: Vec::new(),
+            weights: Vec::new(),
+        })
+    }
+
+    /// Sets the bucket size to `2^log2` coordinates (6..=16).
+    pub fn with_bucket_log2(mut self, log2: u32) -> Result<Self, QuantError> {
+        if !(6..=16).contains(&log2) {
+            return Err(QuantError::InvalidParameter(format!(
+                "lattice bucket log2 {log2} not in 6..=16"
+            )));
+        }
+        self.bucket_log2 = log2;
+        Ok(self)
+    }
+
+    /// Sets the safety factor: the step is chosen so that `(q-1)/2 * eps = safety * distance`.
+    pub fn with_safety(mut self, safety: f32) -> Result<Self, QuantError> {
+        if !(safety.is_finite() && safety > 0.0) {
+            return Err(QuantError::InvalidParameter(format!("lattice safety {safety} not > 0")));
+        }
+        self.safety = safety;
+        Ok(self)
+    }
+
+    /// Fixes the step to `eps` until the next [`Codec::observe_distance`] (the f32-precision
+    /// floor still applies).
+    pub fn set_eps(&mut self, eps: f32) {
+        if eps.is_finite() && eps > 0.0 {
+            self.target_eps = Some(eps);
+        }
+    }
+
+    /// Bits per coordinate.
+    pub fn bits(&self) -> u32 {
+        self.bits
+    }
+
+    /// The step of the last encode (0 before any).
+    pub fn last_eps(&self) -> f32 {
+        self.last_eps
+    }
+
+    /// Largest `||x - y||_inf` for which decoding the last encode is guaranteed correct
+    /// (`((q-1)/2 - 1/8) * eps`, leaving room for f32 rounding).
+    pub fn last_safe_distance(&self) -> f32 {
+        let q = (1u32 << self.bits) as f32;
+        ((q - 1.0) / 2.0 - 0.125) * self.last_eps
+    }
+
+    /// Exact payload size for a vector of `d` values.
+    pub fn encoded_len(bits: u32, bucket_log2: u32, d: usize) -> usize {
+        LATTICE_HEADER + 4 * d.div_ceil(1 << bucket_log2) + packed_len(d, bits)
+    }
+
+    fn q(&self) -> f32 {
+        (1u32 << self.bits) as f32
+    }
+}
+
+/// Dither table (uniforms in [0,1)) and odd check weights for one nonce.
+fn tables(nonce: u64, n: usize, dither: &mut Vec<f32>, weights: &mut Vec<u32>) {
+    dither.clear();
+    weights.clear();
+    let base = mix64(nonce ^ 0x5851_F42D_4C95_7F2D);
+    for i in 0..n as u64 {
+        let r = mix64(base.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        dither.push(unit_f32(r));
+        weights.push((r as u32) | 1);
+    }
+}
+
+/// Per-bucket dither offset in [0,1).
+fn bucket_offset(nonce: u64, b: usize) -> f32 {
+    unit_f32(mix64(nonce.wrapping_add((b as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F))))
+}
+
+fn fold_hash(h: [u32; 8]) -> u32 {
+    h.iter().fold(0u32, |a, &v| a.wrapping_add(v))
+}
+
+/// Why an encode attempt stopped.
+enum Stop {
+    /// A value is too large for the step: raise it.
+    Retry,
+    NonFinite,
+}
+
+struct EncodeArgs<'a> {
+    x: &'a [f32],
+    bucket: usize,
+    nonce: u64,
+    eps: f32,
+    dither: &'a [f32],
+    weights: &'a [u32],
+}
+
+/// Encodes every bucket; returns the largest magnitude seen.
+fn encode_body<const B: usize>(
+    a: &EncodeArgs<'_>,
+    checks: &mut [u8],
+    codes_out: &mut [u8],
+) -> Result<f32, Stop> {
+    let inv_eps = 1.0 / a.eps;
+    let mask = (1u32 << B) - 1;
+    let bucket_bytes = a.bucket * B / 8;
+    let mut overall = 0f32;
+    for (b, (xb, ob)) in a.x.chunks(a.bucket).zip(codes_out.chunks_mut(bucket_bytes)).enumerate() {
+        let off = bucket_offset(a.nonce, b);
+        let mut hash = [0u32; 8];
+        let mut mx = [0u32; 8];
+        encode_blocks::<B>(xb, ob, |blk, xs, codes| {
+            let base = blk * BLOCK;
+            let (Some(dt), Some(wt)) =
+                (a.dither.get(base..base + BLOCK), a.weights.get(base..base + BLOCK))
+            else {
+                return;
+            };
+            for ((xc, (dc, wc)), cc) in xs
+                .chunks_exact(8)
+                .zip(dt.chunks_exact(8).zip(wt.chunks_exact(8)))
+                .zip(codes.chunks_exact_mut(8))
+            {
+                for l in 0..8 {
+                    let xv = xc[l];
+                    let z = xv * inv_eps + (dc[l] + off);
+                    let zb = (z + MAGIC).to_bits();
+                    cc[l] = zb & mask;
+                    let high = (zb.wrapping_sub(MAGIC_BITS) as i32) >> B;
+                    hash[l] = hash[l].wrapping_add((high as u32).wrapping_mul(wc[l]));
+                    mx[l] = max_abs_bits(mx[l], xv);
+                }
+            }
+        });
+        let bmax = f32::from_bits(mx.iter().fold(0, |m, &v| m.max(v)));
+        if !(bmax * inv_eps < LIMIT) {
+            return Err(if bmax.is_finite() { Stop::Retry } else { Stop::NonFinite });
+        }
+        overall = overall.max(bmax);
+        checks[4 * b..4 * b + 4].copy_from_slice(&fold_hash(hash).to_le_bytes());
+    }
+    Ok(overall)
+}
+
+struct DecodeArgs<'a> {
+    bucket: usize,
+    nonce: u64,
+    eps: f32,
+    dither: &'a [f32],
+    weights: &'a [u32],
+    checks: &'a [u8],
+}
+
+/// Decodes every bucket; returns the number of failed buckets.
+fn decode_body<const B: usize>(
+    a: &DecodeArgs<'_>,
+    codes_in: &[u8],
+    reference: &[f32],
+    out: &mut [f32],
+) -> usize {
+    let inv_eps = 1.0 / a.eps;
+    let eps = a.eps;
+    let inv_q = 1.0 / (1u32 << B) as f32;
+    let bucket_bytes = a.bucket * B / 8;
+    let mut failed = 0;
+    for (b, ((ob, cb), rb)) in out
+        .chunks_mut(a.bucket)
+        .zip(codes_in.chunks(bucket_bytes))
+        .zip(reference.chunks(a.bucket))
+        .enumerate()
+    {
+        let off = bucket_offset(a.nonce, b);
+        let mut hash = [0u32; 8];
+        decode_blocks::<B>(cb, rb, ob, |blk, codes, ys, os| {
+            let base = blk * BLOCK;
+            let (Some(dt), Some(wt)) =
+                (a.dither.get(base..base + BLOCK), a.weights.get(base..base + BLOCK))
+            else {
+                return;
+            };
+            for (((cc, yc), (dc, wc)), oc) in codes
+                .chunks_exact(8)
+                .zip(ys.chunks_exact(8))
+                .zip(dt.chunks_exact(8).zip(wt.chunks_exact(8)))
+                .zip(os.chunks_exact_mut(8))
+            {
+                for l in 0..8 {
+                    let v = dc[l] + off;
+                    let c = cc[l];
+                    let zy = yc[l] * inv_eps + v;
+                    let r = round_i((zy - c as i32 as f32) * inv_q);
+                    let k = c.wrapping_add(r << B) as i32;
+                    hash[l] = hash[l].wrapping_add(r.wrapping_mul(wc[l]));
+                    oc[l] = (k as f32 - v) * eps;
+                }
+            }
+        });
+        let want = u32::from_le_bytes([
+            a.checks[4 * b],
+            a.checks[4 * b + 1],
+            a.checks[4 * b + 2],
+            a.checks[4 * b + 3],
+        ]);
+        if fold_hash(hash) != want {
+            failed += 1;
+        }
+    }
+    failed
+}
+
+impl Codec for LatticeCodec {
+    fn name(&self) -> String {
+        format!("lattice:{}", self.bits)
+    }
+
+    fn encode(&mut self, x: &[f32], out: &mut Vec<u8>) -> Result<(), QuantError> {
+        let len = len_u32(x.len())?;
+        let d = x.len();
+        let bucket = 1usize << self.bucket_log2;
+        let nb = d.div_ceil(bucket);
+        let q = self.q();
+        self.counter = self.counter.wrapping_add(1);
+        let nonce = nonce(self.seed, self.counter);
+        let mut eps = match self.target_eps {
+            Some(e) => e,
+            None => {
+                let m = max_abs(x);
+                if !m.is_finite() {
+                    return Err(QuantError::NonFinite);
+                }
+                self.safety * 2.0 * m / ((q - 1.0) / 2.0)
+            }
+        };
+        eps = eps.max(2.0 * self.last_max_abs / LIMIT).clamp(MIN_EPS, MAX_EPS);
+
+        let table_len = bucket.min(d.next_multiple_of(BLOCK));
+        let mut dither = std::mem::take(&mut self.dither);
+        let mut weights = std::mem::take(&mut self.weights);
+        tables(nonce, table_len, &mut dither, &mut weights);
+
+        size_output(out, Self::encoded_len(self.bits, self.bucket_log2, d));
+        let (head, rest) = out.split_at_mut(LATTICE_HEADER);
+        let (checks, codes) = rest.split_at_mut(4 * nb);
+        let mut retried = false;
+        let result = loop {
+            let args = EncodeArgs { x, bucket, nonce, eps, dither: &dither, weights: &weights };
+            let r = dispatch_width!(
+                self.bits,
+                encode_body(&args, checks, codes),
+                Err(Stop::NonFinite)
+            );
+            match r {
+                Ok(m) => break Ok(m),
+                Err(Stop::NonFinite) => break Err(QuantError::NonFinite),
+                Err(Stop::Retry) if retried => {
+                    break Err(QuantError::InvalidParameter(
+                        "values too large for the lattice step range".into(),
+                    ))
+                }
+                Err(Stop::Retry) => {
+                    retried = true;
+                    let m = max_abs(x);
+                    if !m.is_finite() {
+                        break Err(QuantError::NonFinite);
+                    }
+                    eps = eps.max(2.0 * m / LIMIT).clamp(MIN_EPS, MAX_EPS);
+                }
+            }
+        };
+        self.dither = dither;
+        self.weights = weights;
+        let max_seen = match result {
+            Ok(m) => m,
+            Err(e) => {
+                out.clear();
+                return Err(e);
+            }
+        };
+        self.last_max_abs = max_seen;
+        self.last_eps = eps;
+        put_header(head, Kind::Lattice, len);
+        head[8] = self.bits as u8;
+        head[9] = self.bucket_log2 as u8;
+        head[10] = 0;
+        head[11] = 0;
+        put_f32_at(&mut head[12..16], 0, eps);
+        head[16..24].copy_from_slice(&nonce.to_le_bytes());
+        Ok(())
+    }
+
+    fn decode(
+        &self,
+        bytes: &[u8],
+        reference: &[f32],
+        out: &mut [f32],
+    ) -> Result<DecodeReport, QuantError> {
+        let mut r = check_header(bytes, Kind::Lattice, out.len())?;
+        if reference.len() != out.len() {
+            return Err(QuantError::LengthMismatch { payload: reference.len(), expected: out.len() });
+        }
+        let bits = r.u8()? as u32;
+        let log2 = r.u8()? as u32;
+        let reserved = r.take(2)?;
+        let eps_bytes = r.take(4)?;
+        let eps = f32_at(eps_bytes, 0);
+        let nonce = r.u64()?;
+        if !(2..=16).contains(&bits) || !(6..=16).contains(&log2) || reserved != [0, 0] {
+            return Err(QuantError::BadHeader(format!(
+                "lattice bits {bits} / bucket log2 {log2} / reserved {reserved:?} out of range"
+            )));
+        }
+        if !(eps.is_finite() && (MIN_EPS..=MAX_EPS).contains(&eps)) {
+            return Err(QuantError::BadHeader(format!("lattice step {eps} out of range")));
+        }
+        let d = out.len();
+        let bucket = 1usize << log2;
+        let nb = d.div_ceil(bucket);
+        let checks = r.take(4 * nb)?;
+        let codes = r.take_exact_rest(packed_len(d, bits))?;
+        let table_len = bucket.min(d.next_multiple_of(BLOCK));
+        let (mut dither, mut weights) = (Vec::new(), Vec::new());
+        tables(nonce, table_len, &mut dither, &mut weights);
+        let args = DecodeArgs { bucket, nonce, eps, dither: &dither, weights: &weights, checks };
+        let failed = dispatch_width!(bits, decode_body(&args, codes, reference, out), nb);
+        Ok(DecodeReport { failed_buckets: failed })
+    }
+
+    fn observe_distance(&mut self, linf: f32) {
+        if linf.is_finite() && linf >= 0.0 {
+            let q = self.q();
+            self.target_eps = Some(self.safety * linf / ((q - 1.0) / 2.0));
+        }
+    }
+}
