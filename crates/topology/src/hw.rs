@@ -1,0 +1,321 @@
+//! Hardware locality: NUMA nodes, the CPUs and NUMA nodes nearest each RDMA device, and binding
+//! threads and buffers there.
+//!
+//! Backed by the system libhwloc through `hwlocality` when the `hwloc` feature is enabled (the
+//! default). Without it, [`probe`] and the binding functions return
+//! [`TopologyError::Hardware`] saying so, and [`report`] still returns that error.
+//!
+//! A machine without RDMA (OpenFabrics) devices is not an error: [`HwInfo::rdma_devices`] is
+//! empty and [`report`] says "no RDMA devices found".
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::TopologyError;
+
+/// One NUMA node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NumaNode {
+    /// OS index of the node (as in `numactl`).
+    pub os_index: usize,
+    /// OS indices of the CPUs (processing units) local to it.
+    pub cpus: Vec<usize>,
+    /// Local memory in bytes, if known.
+    pub memory_bytes: Option<u64>,
+}
+
+/// One RDMA (OpenFabrics) device and its locality.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RdmaDevice {
+    /// Device name, e.g. `mlx5_0` or `rxe0`.
+    pub name: String,
+    /// OS indices of the CPUs nearest the device (the cpuset of its first non-I/O ancestor).
+    pub cpus: Vec<usize>,
+    /// OS indices of the NUMA nodes nearest the device.
+    pub numa_nodes: Vec<usize>,
+}
+
+/// What [`probe`] discovers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HwInfo {
+    /// OS indices of all CPUs of the machine.
+    pub cpus: Vec<usize>,
+    /// NUMA nodes (one on most laptops and VMs).
+    pub numa_nodes: Vec<NumaNode>,
+    /// RDMA devices; empty where none exist.
+    pub rdma_devices: Vec<RdmaDevice>,
+}
+
+/// Formats a sorted list of indices compactly: `0-3,8,10-11`.
+pub fn format_ranges(ids: &[usize]) -> String {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < ids.len() {
+        let mut j = i;
+        while j + 1 < ids.len() && ids[j + 1] == ids[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            ids[i].to_string()
+        } else {
+            format!("{}-{}", ids[i], ids[j])
+        });
+        i = j + 1;
+    }
+    if out.is_empty() {
+        "(none)".into()
+    } else {
+        out.join(",")
+    }
+}
+
+impl fmt::Display for HwInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "machine: {} CPUs ({})",
+            self.cpus.len(),
+            format_ranges(&self.cpus)
+        )?;
+        writeln!(f, "NUMA nodes: {}", self.numa_nodes.len())?;
+        for node in &self.numa_nodes {
+            write!(
+                f,
+                "  node {}: CPUs {}",
+                node.os_index,
+                format_ranges(&node.cpus)
+            )?;
+            match node.memory_bytes {
+                Some(b) => writeln!(f, ", {:.1} GiB", b as f64 / (1u64 << 30) as f64)?,
+                None => writeln!(f)?,
+            }
+        }
+        if self.rdma_devices.is_empty() {
+            writeln!(f, "RDMA devices: no RDMA devices found")?;
+        } else {
+            writeln!(f, "RDMA devices: {}", self.rdma_devices.len())?;
+            for d in &self.rdma_devices {
+                writeln!(
+                    f,
+                    "  {}: nearest NUMA node(s) {}, CPUs {}",
+                    d.name,
+                    format_ranges(&d.numa_nodes),
+                    format_ranges(&d.cpus)
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Discovers the machine, NUMA nodes and RDMA devices and returns them as human-readable text
+/// (for `swarm topo hw`). No RDMA device is reported as "no RDMA devices found", not an error.
+pub fn report() -> Result<String, TopologyError> {
+    Ok(probe()?.to_string())
+}
+
+#[cfg(feature = "hwloc")]
+mod imp {
+    use super::{HwInfo, NumaNode, RdmaDevice};
+    use crate::TopologyError;
+    use hwlocality::cpu::binding::CpuBindingFlags;
+    use hwlocality::cpu::cpuset::CpuSet;
+    use hwlocality::memory::binding::{MemoryBindingFlags, MemoryBindingPolicy};
+    use hwlocality::memory::nodeset::NodeSet;
+    use hwlocality::object::attributes::ObjectAttributes;
+    use hwlocality::object::types::{OSDeviceType, ObjectType};
+    use hwlocality::object::TopologyObject;
+    use hwlocality::topology::builder::TypeFilter;
+    use hwlocality::Topology;
+
+    fn hw_err(what: &str, e: impl std::fmt::Display) -> TopologyError {
+        TopologyError::Hardware(format!("{what}: {e}"))
+    }
+
+    fn indices<'a>(it: impl Iterator<Item = hwlocality::bitmap::BitmapIndex> + 'a) -> Vec<usize> {
+        it.map(usize::from).collect()
+    }
+
+    pub(super) fn topology() -> Result<Topology, TopologyError> {
+        Topology::builder()
+            .with_io_type_filter(TypeFilter::KeepImportant)
+            .map_err(|e| hw_err("setting the I/O type filter", e))?
+            .build()
+            .map_err(|e| hw_err("loading the hardware topology", e))
+    }
+
+    fn is_rdma(obj: &TopologyObject) -> bool {
+        matches!(
+            obj.attributes(),
+            Some(ObjectAttributes::OSDevice(a)) if a.device_type() == OSDeviceType::OpenFabrics
+        )
+    }
+
+    pub(super) fn probe() -> Result<HwInfo, TopologyError> {
+        let topo = topology()?;
+        let cpus = indices(topo.cpuset().iter_set());
+        let numa_nodes = topo
+            .objects_with_type(ObjectType::NUMANode)
+            .map(|obj| NumaNode {
+                os_index: obj.os_index().unwrap_or(0),
+                cpus: obj
+                    .cpuset()
+                    .map(|s| indices(s.iter_set()))
+                    .unwrap_or_default(),
+                memory_bytes: match obj.attributes() {
+                    Some(ObjectAttributes::NUMANode(a)) => a.local_memory().map(|m| m.get()),
+                    _ => None,
+                },
+            })
+            .collect();
+        let rdma_devices = topo
+            .os_devices()
+            .filter(|o| is_rdma(o))
+            .map(|o| {
+                let anchor = o.first_non_io_ancestor();
+                RdmaDevice {
+                    name: o
+                        .name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "(unnamed)".into()),
+                    cpus: anchor
+                        .and_then(|a| a.cpuset())
+                        .map(|s| indices(s.iter_set()))
+                        .unwrap_or_default(),
+                    numa_nodes: anchor
+                        .and_then(|a| a.nodeset())
+                        .map(|s| indices(s.iter_set()))
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        Ok(HwInfo {
+            cpus,
+            numa_nodes,
+            rdma_devices,
+        })
+    }
+
+    pub(super) fn bind_current_thread(cpus: &[usize]) -> Result<(), TopologyError> {
+        if cpus.is_empty() {
+            return Err(crate::invalid("cpus", "cannot bind to an empty CPU set"));
+        }
+        let topo = topology()?;
+        let set: CpuSet = cpus
+            .iter()
+            .map(|&c| {
+                hwlocality::bitmap::BitmapIndex::try_from(c)
+                    .map_err(|_| crate::invalid("cpus", format!("CPU index {c} is too large")))
+            })
+            .collect::<Result<_, _>>()?;
+        topo.bind_cpu(&set, CpuBindingFlags::THREAD)
+            .map_err(|e| hw_err(&format!("binding this thread to CPUs {cpus:?}"), e))
+    }
+
+    pub(super) fn bind_buffer<T>(buf: &[T], numa_nodes: &[usize]) -> Result<(), TopologyError> {
+        if numa_nodes.is_empty() {
+            return Err(crate::invalid("numa_nodes", "cannot bind to an empty NUMA node set"));
+        }
+        let topo = topology()?;
+        let set: NodeSet = numa_nodes
+            .iter()
+            .map(|&c| {
+                hwlocality::bitmap::BitmapIndex::try_from(c).map_err(|_| {
+                    crate::invalid("numa_nodes", format!("NUMA index {c} is too large"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        topo.bind_memory_area::<[T], _>(
+            buf,
+            &set,
+            MemoryBindingPolicy::Bind,
+            MemoryBindingFlags::MIGRATE,
+        )
+        .map_err(|e| hw_err(&format!("binding a buffer to NUMA nodes {numa_nodes:?}"), e))
+    }
+}
+
+#[cfg(not(feature = "hwloc"))]
+mod imp {
+    use super::HwInfo;
+    use crate::TopologyError;
+
+    fn disabled() -> TopologyError {
+        TopologyError::Hardware(
+            "hardware locality support not compiled in (enable the `hwloc` feature)".into(),
+        )
+    }
+    pub(super) fn probe() -> Result<HwInfo, TopologyError> {
+        Err(disabled())
+    }
+    pub(super) fn bind_current_thread(_cpus: &[usize]) -> Result<(), TopologyError> {
+        Err(disabled())
+    }
+    pub(super) fn bind_buffer<T>(_buf: &[T], _numa: &[usize]) -> Result<(), TopologyError> {
+        Err(disabled())
+    }
+}
+
+/// Discovers CPUs, NUMA nodes and RDMA (OpenFabrics) devices with their nearest CPUs and NUMA
+/// nodes.
+pub fn probe() -> Result<HwInfo, TopologyError> {
+    imp::probe()
+}
+
+/// Binds the calling thread to the given CPUs (OS indices), e.g. [`RdmaDevice::cpus`].
+pub fn bind_current_thread(cpus: &[usize]) -> Result<(), TopologyError> {
+    imp::bind_current_thread(cpus)
+}
+
+/// Binds the pages of `buf` to the given NUMA nodes (OS indices), migrating pages already
+/// touched; e.g. a model buffer to [`RdmaDevice::numa_nodes`] before registering it with the NIC.
+///
+/// Only whole pages inside the buffer are affected, as with `mbind(2)`.
+pub fn bind_buffer<T>(buf: &[T], numa_nodes: &[usize]) -> Result<(), TopologyError> {
+    imp::bind_buffer(buf, numa_nodes)
+}
+
+/// Binds the calling thread to the CPUs nearest the named RDMA device, or returns `Ok(false)`
+/// (doing nothing) when no such device exists, so callers can pin opportunistically.
+pub fn bind_current_thread_near(device: &str) -> Result<bool, TopologyError> {
+    let info = probe()?;
+    match info.rdma_devices.iter().find(|d| d.name == device) {
+        Some(d) if !d.cpus.is_empty() => bind_current_thread(&d.cpus).map(|()| true),
+        _ => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(format_ranges(&[0, 1, 2, 3, 8, 10, 11]), "0-3,8,10-11");
+        assert_eq!(format_ranges(&[]), "(none)");
+    }
+
+    #[cfg(feature = "hwloc")]
+    #[test]
+    fn probe_and_report() {
+        let info = probe().expect("hwloc probe");
+        assert!(!info.cpus.is_empty());
+        let text = report().unwrap();
+        assert!(text.contains("NUMA nodes"));
+        if info.rdma_devices.is_empty() {
+            assert!(text.contains("no RDMA devices found"), "{text}");
+        }
+        // Binding to all CPUs of the machine always works where binding is supported.
+        if let Err(e) = bind_current_thread(&info.cpus) {
+            eprintln!("thread binding unsupported here: {e}");
+        }
+        let buf = vec![0u8; 1 << 16];
+        if let Some(node) = info.numa_nodes.first() {
+            if let Err(e) = bind_buffer(&buf, &[node.os_index]) {
+                eprintln!("memory binding unsupported here: {e}");
+            }
+        }
+        assert!(!bind_current_thread_near("no-such-device").unwrap());
+    }
+}
