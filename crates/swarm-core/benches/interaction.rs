@@ -1,0 +1,58 @@
+//! One in-process SwarmSGD interaction (read the peer's window + average + republish) on a
+//! 10M-parameter model, beside a memcpy of the same bytes measured in the same run.
+//! Goal (issue 2): at most 3x the memcpy time.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use quant::IdentityCodec;
+use swarm_core::{InProcessFabric, Interaction, LocalSteps, SwarmNode};
+
+const DIM: usize = 10_000_000;
+
+fn interaction(c: &mut Criterion) {
+    let mut group = c.benchmark_group("interaction_10M");
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes((DIM * 4) as u64));
+
+    let src = vec![1.0f32; DIM];
+    let mut dst = vec![0.0f32; DIM];
+    group.bench_function("memcpy_40MB", |b| {
+        b.iter(|| {
+            dst.copy_from_slice(black_box(&src));
+            black_box(&mut dst);
+        })
+    });
+
+    for interaction in [Interaction::Pull, Interaction::Pairwise] {
+        let fabric = InProcessFabric::new(vec![vec![1], vec![0]], 8 + 4 * DIM).expect("fabric");
+        let node = |id: usize| {
+            SwarmNode::new(
+                fabric.endpoint(id).expect("endpoint"),
+                vec![1 - id],
+                DIM,
+                interaction,
+                LocalSteps::Fixed(1),
+                Box::new(IdentityCodec),
+                7,
+            )
+            .expect("node")
+        };
+        let (mut a, mut b) = (node(0), node(1));
+        let mut xa = vec![0.5f32; DIM];
+        let mut xb = vec![1.5f32; DIM];
+        a.publish(&xa).expect("publish");
+        b.publish(&xb).expect("publish");
+        group.bench_function(format!("{interaction}_read_average_publish"), |bench| {
+            bench.iter(|| {
+                a.interact_with(1, &mut xa).expect("interaction");
+                // Keep the partner's slot free so pairwise always delivers.
+                b.step_boundary(&mut xb).expect("fold");
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, interaction);
+criterion_main!(benches);

@@ -1,0 +1,404 @@
+//! One SwarmSGD node driven over a [`Transport`]: the runtime used by the trainer's threads and
+//! processes.
+
+use std::collections::BTreeSet;
+
+use quant::{Codec, IdentityCodec};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::Serialize;
+
+use crate::algorithm::{average_into, fold_correction, linf_distance, pairwise_average};
+use crate::transport::{Completion, OpId, ReadOutcome, Transport, WriteOutcome};
+use crate::{Interaction, LocalSteps, NodeId, Schedule, SwarmError, TransportError};
+
+/// What a node did, for metrics and for the tests' accounting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NodeStats {
+    /// Local SGD steps taken.
+    pub local_steps: u64,
+    /// Interactions completed (a peer's model was averaged in).
+    pub interactions: u64,
+    /// Interactions skipped because the peer had not published yet.
+    pub skipped_unpublished: u64,
+    /// Interactions skipped because every copy of the peer's model was torn.
+    pub skipped_torn: u64,
+    /// Interactions skipped because the peer was unreachable.
+    pub skipped_unreachable: u64,
+    /// Quantized reads whose decode failed its integrity check and were redone at full precision.
+    pub decode_fallbacks: u64,
+    /// Peer models rejected because they held non-finite values.
+    pub rejected_non_finite: u64,
+    /// Bytes this node pulled from peers' windows.
+    pub bytes_read: u64,
+    /// Bytes this node wrote into peers' inboxes.
+    pub bytes_written: u64,
+    /// Corrections from peers folded into this node's model.
+    pub corrections_folded: u64,
+    /// Pairwise interactions skipped because the peer had not yet folded this node's previous
+    /// correction.
+    pub skipped_busy: u64,
+}
+
+impl NodeStats {
+    /// Bytes that crossed the network on this node's initiative (reads plus writes).
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_read + self.bytes_written
+    }
+}
+
+/// A SwarmSGD node: schedule, codec, and the buffers it needs to average with peers.
+///
+/// The model itself stays with the caller (a flat `&mut [f32]`). The caller's loop is:
+/// [`SwarmNode::publish`] once at start; then per step: [`SwarmNode::step_boundary`], a local SGD
+/// step, [`SwarmNode::after_local_step`]. Once every node has stopped, one last
+/// [`SwarmNode::step_boundary`] per node folds the corrections still in flight.
+pub struct SwarmNode<T: Transport> {
+    transport: T,
+    neighbours: Vec<NodeId>,
+    interaction: Interaction,
+    schedule: Schedule,
+    rng: StdRng,
+    codec: Box<dyn Codec>,
+    dim: usize,
+    /// Bytes of the encoded model at the start of the published payload.
+    encoded_len: usize,
+    /// Whether the payload also carries the model at full precision after the encoded part, as the
+    /// fallback for failed quantized decodes.
+    carries_full_precision: bool,
+    encoded: Vec<u8>,
+    payload: Vec<u8>,
+    read_buf: Vec<u8>,
+    peer_model: Vec<f32>,
+    correction_bytes: Vec<u8>,
+    inbox_model: Vec<f32>,
+    correction: Vec<f32>,
+    unreachable: BTreeSet<NodeId>,
+    stats: NodeStats,
+}
+
+impl<T: Transport> SwarmNode<T> {
+    /// A node of dimension `dim` (model length) with the given neighbours.
+    pub fn new(
+        transport: T,
+        neighbours: Vec<NodeId>,
+        dim: usize,
+        interaction: Interaction,
+        local_steps: LocalSteps,
+        codec: Box<dyn Codec>,
+        seed: u64,
+    ) -> Result<Self, SwarmError> {
+        if interaction == Interaction::Blocking {
+            return Err(SwarmError::Config(
+                "blocking averaging needs both nodes to stop together; it runs in the simulator \
+                 and in the trainer's synchronous mode, not over one-sided transports: use pull or \
+                 pairwise"
+                    .into(),
+            ));
+        }
+        let mut rng = StdRng::seed_from_u64(
+            seed ^ (transport.node() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let schedule = Schedule::new(local_steps, &mut rng)?;
+        let mut codec = codec;
+        let mut encoded = Vec::new();
+        codec.encode(&vec![0.0; dim], &mut encoded)?;
+        let carries_full_precision = codec.name() != IdentityCodec.name();
+        let encoded_len = encoded.len();
+        let payload_len = encoded_len + if carries_full_precision { 4 * dim } else { 0 };
+        let padded = encoded_len.div_ceil(8) * 8 + if carries_full_precision { 4 * dim } else { 0 };
+        if padded > transport.capacity() || 8 + 4 * dim > transport.capacity() {
+            return Err(TransportError::TooLarge {
+                len: payload_len.max(8 + 4 * dim),
+                capacity: transport.capacity(),
+            }
+            .into());
+        }
+        Ok(SwarmNode {
+            transport,
+            neighbours,
+            interaction,
+            schedule,
+            rng,
+            codec,
+            dim,
+            encoded_len,
+            carries_full_precision,
+            encoded,
+            payload: Vec::new(),
+            read_buf: Vec::new(),
+            peer_model: vec![0.0; dim],
+            correction_bytes: Vec::new(),
+            inbox_model: vec![0.0; dim],
+            correction: vec![0.0; dim],
+            unreachable: BTreeSet::new(),
+            stats: NodeStats::default(),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.transport.node()
+    }
+
+    /// What the node did so far.
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    /// Neighbours that failed and are no longer contacted.
+    pub fn unreachable(&self) -> &BTreeSet<NodeId> {
+        &self.unreachable
+    }
+
+    /// The transport, e.g. to inspect it in tests.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// The payload's full-precision copy starts at this (8-aligned) byte offset.
+    fn full_precision_offset(&self) -> usize {
+        self.encoded_len.div_ceil(8) * 8
+    }
+
+    /// Encodes `params` and publishes them in this node's window.
+    pub fn publish(&mut self, params: &[f32]) -> Result<(), SwarmError> {
+        self.check_len(params)?;
+        self.codec.encode(params, &mut self.encoded)?;
+        if self.carries_full_precision {
+            self.payload.clear();
+            self.payload.extend_from_slice(&self.encoded);
+            self.payload.resize(self.full_precision_offset(), 0);
+            for v in params {
+                self.payload.extend_from_slice(&v.to_le_bytes());
+            }
+            self.transport.publish(&self.payload)?;
+        } else {
+            self.transport.publish(&self.encoded)?;
+        }
+        Ok(())
+    }
+
+    /// Folds every correction waiting in the inbox into `params` and, if there was any, republishes
+    /// before freeing the slots. Call before each local step.
+    pub fn step_boundary(&mut self, params: &mut [f32]) -> Result<usize, SwarmError> {
+        self.check_len(params)?;
+        let decoder = IdentityCodec;
+        let mut folded = 0;
+        let mut rejected = 0;
+        let inbox_model = &mut self.inbox_model;
+        let taken = self
+            .transport
+            .take_inbox(
+                &mut |_writer, bytes| match decoder.decode(bytes, &[], inbox_model) {
+                    Ok(_) if inbox_model.iter().all(|v| v.is_finite()) => {
+                        fold_correction(params, inbox_model);
+                        folded += 1;
+                    }
+                    _ => rejected += 1,
+                },
+            )?;
+        if taken > 0 {
+            if folded > 0 {
+                self.publish(params)?;
+            }
+            self.transport.release_inbox()?;
+        }
+        self.stats.corrections_folded += folded;
+        self.stats.rejected_non_finite += rejected;
+        Ok(folded as usize)
+    }
+
+    /// Records one local step; when the schedule says so, averages with a random neighbour and
+    /// republishes. Returns the peer averaged with, if any.
+    pub fn after_local_step(&mut self, params: &mut [f32]) -> Result<Option<NodeId>, SwarmError> {
+        self.stats.local_steps += 1;
+        if !self.schedule.on_local_step(&mut self.rng) {
+            return Ok(None);
+        }
+        let reachable: Vec<NodeId> = self
+            .neighbours
+            .iter()
+            .copied()
+            .filter(|p| !self.unreachable.contains(p))
+            .collect();
+        let Some(peer) = Schedule::pick_neighbour(&reachable, &mut self.rng) else {
+            return Ok(None);
+        };
+        let averaged = self.interact_with(peer, params)?;
+        Ok(averaged.then_some(peer))
+    }
+
+    /// Averages `params` with `peer`'s published model (and, for pairwise, deposits the correction
+    /// into its inbox), then republishes. Returns false when the interaction was skipped.
+    pub fn interact_with(&mut self, peer: NodeId, params: &mut [f32]) -> Result<bool, SwarmError> {
+        self.check_len(params)?;
+        if self.interaction == Interaction::Pairwise {
+            match self.transport.slot_free_at(peer) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.stats.skipped_busy += 1;
+                    return Ok(false);
+                }
+                Err(e) => {
+                    self.mark_unreachable(peer, e);
+                    return Ok(false);
+                }
+            }
+        }
+        match self.read_peer(peer, params) {
+            Ok(true) => {}
+            Ok(false) => return Ok(false),
+            Err(SwarmError::Transport(e)) => {
+                self.mark_unreachable(peer, e);
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+        self.codec
+            .observe_distance(linf_distance(params, &self.peer_model));
+        match self.interaction {
+            Interaction::Pull => average_into(params, &self.peer_model),
+            Interaction::Pairwise => {
+                self.correction.fill(0.0);
+                pairwise_average(params, &self.peer_model, &mut self.correction);
+                if !self.deposit_correction(peer)? {
+                    // Not delivered: undo our half so that the sum of models stays conserved.
+                    fold_correction(params, &self.correction);
+                    return Ok(false);
+                }
+            }
+            Interaction::Blocking => unreachable!("rejected in SwarmNode::new"),
+        }
+        self.stats.interactions += 1;
+        self.publish(params)?;
+        Ok(true)
+    }
+
+    /// Writes `self.correction` into `peer`'s inbox. Returns whether it was delivered.
+    fn deposit_correction(&mut self, peer: NodeId) -> Result<bool, SwarmError> {
+        IdentityCodec.encode(&self.correction, &mut self.correction_bytes)?;
+        let op = match self.transport.start_write(peer, &self.correction_bytes) {
+            Ok(op) => op,
+            Err(e) => {
+                self.mark_unreachable(peer, e);
+                return Ok(false);
+            }
+        };
+        match self.wait(op) {
+            Completion::Write {
+                result: Ok(WriteOutcome::Delivered),
+                ..
+            } => {
+                self.stats.bytes_written += self.correction_bytes.len() as u64;
+                Ok(true)
+            }
+            Completion::Write {
+                result: Ok(WriteOutcome::SlotBusy),
+                ..
+            } => {
+                self.stats.skipped_busy += 1;
+                Ok(false)
+            }
+            Completion::Write { result: Err(e), .. } => {
+                self.mark_unreachable(peer, e);
+                Ok(false)
+            }
+            Completion::Read { .. } => unreachable!("wait returns the completion of its own op"),
+        }
+    }
+
+    fn mark_unreachable(&mut self, peer: NodeId, _why: TransportError) {
+        self.unreachable.insert(peer);
+        self.stats.skipped_unreachable += 1;
+    }
+
+    /// Reads and decodes `peer`'s model into `self.peer_model`. Ok(false): skipped (not published,
+    /// torn, or not finite).
+    fn read_peer(&mut self, peer: NodeId, reference: &[f32]) -> Result<bool, SwarmError> {
+        let encoded_len = self.encoded_len;
+        let version = match self.read(peer, 0, encoded_len)? {
+            Some(v) => v,
+            None => return Ok(false),
+        };
+        let report = self
+            .codec
+            .decode(&self.read_buf, reference, &mut self.peer_model);
+        self.stats.bytes_read += encoded_len as u64;
+        let decoded = matches!(report, Ok(r) if r.is_ok());
+        if !decoded {
+            if !self.carries_full_precision {
+                // A full-precision payload that does not decode is corrupt: reject, do not average.
+                self.stats.rejected_non_finite += 1;
+                return Ok(false);
+            }
+            self.stats.decode_fallbacks += 1;
+            let offset = self.full_precision_offset();
+            if self.read(peer, offset, 4 * self.dim)?.is_none() {
+                return Ok(false);
+            }
+            self.stats.bytes_read += 4 * self.dim as u64;
+            for (v, chunk) in self
+                .peer_model
+                .iter_mut()
+                .zip(self.read_buf.chunks_exact(4))
+            {
+                *v = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            }
+        }
+        let _ = version;
+        if !self.peer_model.iter().all(|v| v.is_finite()) {
+            self.stats.rejected_non_finite += 1;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// One read into `self.read_buf`; Ok(None) if the peer has not published or the copy was torn.
+    fn read(&mut self, peer: NodeId, offset: usize, len: usize) -> Result<Option<u64>, SwarmError> {
+        let buf = std::mem::take(&mut self.read_buf);
+        let op = self.transport.start_read(peer, offset, len, buf)?;
+        match self.wait(op) {
+            Completion::Read { buf, result, .. } => {
+                self.read_buf = buf;
+                match result? {
+                    ReadOutcome::Model { version } => Ok(Some(version)),
+                    ReadOutcome::NotPublished => {
+                        self.stats.skipped_unpublished += 1;
+                        Ok(None)
+                    }
+                    ReadOutcome::Torn => {
+                        self.stats.skipped_torn += 1;
+                        Ok(None)
+                    }
+                }
+            }
+            Completion::Write { .. } => unreachable!("wait returns the completion of its own op"),
+        }
+    }
+
+    /// Polls until `op` completes. Operations are issued one at a time, so no other completion
+    /// can be pending.
+    fn wait(&mut self, op: OpId) -> Completion {
+        loop {
+            if let Some(c) = self.transport.poll() {
+                if c.op() == op {
+                    return c;
+                }
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    fn check_len(&self, params: &[f32]) -> Result<(), SwarmError> {
+        if params.len() == self.dim {
+            Ok(())
+        } else {
+            Err(SwarmError::Config(format!(
+                "model has {} parameters but the node was built for {}",
+                params.len(),
+                self.dim
+            )))
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The thin transport trait: what SwarmSGD needs from the network, no more.
+//!
+//! Every node exposes a *window*: its published model (guarded by a version counter so that a torn
+//! copy is detected) and one inbox slot per neighbour. Peers read the published model and write
+//! into their own slot of a neighbour's inbox, one-sidedly: the owner's CPU takes no part. Operations
+//! are started and then polled, so compute can overlap communication.
+
+use crate::{NodeId, TransportError};
+
+/// Identifies an operation started on a transport.
+pub type OpId = u64;
+
+/// How a one-sided read of a peer's published model ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// The buffer holds a consistent copy of the requested bytes of the peer's model at `version`.
+    Model {
+        /// The peer's publish counter for this copy (1 for its first publish).
+        version: u64,
+    },
+    /// The peer has never published: its window holds no model yet.
+    NotPublished,
+    /// The model changed under every attempt to copy it; the buffer must not be used.
+    Torn,
+}
+
+/// How a one-sided write into a peer's inbox ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The payload is in the peer's inbox; the peer will fold it in exactly once.
+    Delivered,
+    /// The peer has not yet consumed the previous deposit in this slot; nothing was written.
+    /// Keep the payload (accumulate further corrections into it) and try again later.
+    SlotBusy,
+}
+
+/// A finished operation, returned by [`Transport::poll`].
+#[derive(Debug)]
+pub enum Completion {
+    /// A read finished; `buf` is the buffer given to [`Transport::start_read`], handed back.
+    Read {
+        /// The operation.
+        op: OpId,
+        /// Whose window was read.
+        peer: NodeId,
+        /// The buffer, holding the bytes read when the outcome is `Ok(ReadOutcome::Model { .. })`.
+        buf: Vec<u8>,
+        /// What happened.
+        result: Result<ReadOutcome, TransportError>,
+    },
+    /// A write finished.
+    Write {
+        /// The operation.
+        op: OpId,
+        /// Whose inbox was written.
+        peer: NodeId,
+        /// What happened.
+        result: Result<WriteOutcome, TransportError>,
+    },
+}
+
+impl Completion {
+    /// The operation this completion belongs to.
+    pub fn op(&self) -> OpId {
+        match self {
+            Completion::Read { op, .. } | Completion::Write { op, .. } => *op,
+        }
+    }
+}
+
+/// One node's endpoint on a fabric of nodes.
+pub trait Transport: Send {
+    /// This node's id.
+    fn node(&self) -> NodeId;
+
+    /// The largest payload a window (and each inbox slot) holds, in bytes.
+    fn capacity(&self) -> usize;
+
+    /// Copies `payload` into this node's published window, bumping its version.
+    fn publish(&mut self, payload: &[u8]) -> Result<(), TransportError>;
+
+    /// Starts a one-sided read of bytes `offset..offset + len` of `peer`'s published payload into
+    /// `buf` (resized to `len`). Poll for the [`Completion::Read`] that hands `buf` back.
+    fn start_read(
+        &mut self,
+        peer: NodeId,
+        offset: usize,
+        len: usize,
+        buf: Vec<u8>,
+    ) -> Result<OpId, TransportError>;
+
+    /// Starts a one-sided write of `payload` into this node's inbox slot at `peer`.
+    fn start_write(&mut self, peer: NodeId, payload: &[u8]) -> Result<OpId, TransportError>;
+
+    /// Returns one finished operation, if any, without blocking.
+    fn poll(&mut self) -> Option<Completion>;
+
+    /// Whether this node's inbox slot at `peer` is free: `peer` has folded (and republished) the
+    /// last deposit this node wrote there. Pairwise averaging only reads a peer whose copy already
+    /// includes every earlier correction from this node; otherwise corrections computed against
+    /// the same stale copy would pile up and overshoot.
+    fn slot_free_at(&mut self, peer: NodeId) -> Result<bool, TransportError>;
+
+    /// Hands every pending inbox deposit to `visit` (writer id, payload), without freeing the
+    /// slots. Returns how many deposits were visited.
+    fn take_inbox(&mut self, visit: &mut dyn FnMut(NodeId, &[u8]))
+        -> Result<usize, TransportError>;
+
+    /// Frees the slots visited by the last [`Transport::take_inbox`] for their writers. Call it
+    /// after republishing the model that includes the deposits, so every deposit counts once.
+    fn release_inbox(&mut self) -> Result<(), TransportError>;
+}

@@ -1,0 +1,282 @@
+//! The in-process transport and the threaded node runtime.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+use quant::{Codec, DecodeReport, IdentityCodec, QuantError};
+use swarm_core::{
+    InProcessFabric, Interaction, LocalSteps, ReadOutcome, SwarmNode, Transport, WriteOutcome,
+};
+
+fn read_once(t: &mut impl Transport, peer: usize, len: usize) -> (ReadOutcome, Vec<u8>) {
+    let op = t.start_read(peer, 0, len, Vec::new()).unwrap();
+    loop {
+        if let Some(swarm_core::Completion::Read {
+            op: done,
+            buf,
+            result,
+            ..
+        }) = t.poll()
+        {
+            assert_eq!(done, op);
+            return (result.unwrap(), buf);
+        }
+    }
+}
+
+#[test]
+fn a_concurrent_writer_never_lets_a_reader_see_a_torn_copy() {
+    const LEN: usize = 1 << 20;
+    let fabric = InProcessFabric::new(vec![vec![1], vec![0]], LEN).unwrap();
+    let mut writer = fabric.endpoint(0).unwrap();
+    let mut reader = fabric.endpoint(1).unwrap();
+    assert_eq!(read_once(&mut reader, 0, LEN).0, ReadOutcome::NotPublished);
+    writer.publish(&vec![0u8; LEN]).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_writer = stop.clone();
+    let handle = thread::spawn(move || {
+        let mut k = 0u8;
+        let mut payload = vec![0u8; LEN];
+        while !stop_writer.load(Ordering::Relaxed) {
+            k = k.wrapping_add(1);
+            payload.fill(k);
+            writer.publish(&payload).unwrap();
+        }
+    });
+    // Wait until the writer runs, then read while it keeps publishing.
+    while !matches!(read_once(&mut reader, 0, LEN).0, ReadOutcome::Model { version } if version > 2)
+    {
+    }
+    let (mut consistent, mut versions_seen) = (0, std::collections::BTreeSet::new());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while versions_seen.len() < 50 && std::time::Instant::now() < deadline {
+        match read_once(&mut reader, 0, LEN) {
+            (ReadOutcome::Model { version }, buf) => {
+                let first = buf[0];
+                assert!(
+                    buf.iter().all(|&b| b == first),
+                    "torn copy accepted at version {version}"
+                );
+                consistent += 1;
+                versions_seen.insert(version);
+            }
+            (ReadOutcome::Torn, _) => {}
+            (ReadOutcome::NotPublished, _) => panic!("window was published"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    handle.join().unwrap();
+    assert!(consistent > 0, "no read ever succeeded");
+    assert!(
+        versions_seen.len() >= 50,
+        "the writer never overlapped the reads"
+    );
+}
+
+#[test]
+fn inbox_deposits_arrive_exactly_once_and_a_busy_slot_refuses_a_second_write() {
+    let fabric = InProcessFabric::new(vec![vec![1, 2], vec![0], vec![0]], 64).unwrap();
+    let mut owner = fabric.endpoint(0).unwrap();
+    let mut w1 = fabric.endpoint(1).unwrap();
+    let mut w2 = fabric.endpoint(2).unwrap();
+    let outcome = |t: &mut swarm_core::InProcessEndpoint, payload: &[u8]| {
+        t.start_write(0, payload).unwrap();
+        match t.poll() {
+            Some(swarm_core::Completion::Write { result, .. }) => result.unwrap(),
+            other => panic!("unexpected completion {other:?}"),
+        }
+    };
+    assert_eq!(outcome(&mut w1, b"from-1"), WriteOutcome::Delivered);
+    assert_eq!(outcome(&mut w1, b"again"), WriteOutcome::SlotBusy);
+    assert_eq!(outcome(&mut w2, b"from-2"), WriteOutcome::Delivered);
+    let mut seen = Vec::new();
+    assert!(!w1.slot_free_at(0).unwrap());
+    assert_eq!(
+        owner
+            .take_inbox(&mut |w, b| seen.push((w, b.to_vec())))
+            .unwrap(),
+        2
+    );
+    assert_eq!(seen, vec![(1, b"from-1".to_vec()), (2, b"from-2".to_vec())]);
+    // Not released yet: the slot stays busy for its writer.
+    assert_eq!(outcome(&mut w1, b"again"), WriteOutcome::SlotBusy);
+    owner.release_inbox().unwrap();
+    assert!(w1.slot_free_at(0).unwrap());
+    assert_eq!(
+        owner
+            .take_inbox(&mut |_, _| panic!("delivered twice"))
+            .unwrap(),
+        0
+    );
+    assert_eq!(outcome(&mut w1, b"again"), WriteOutcome::Delivered);
+    // Writing into a node that is not a neighbour is an error value, not a panic.
+    w1.start_write(2, b"x").unwrap();
+    assert!(matches!(
+        w1.poll(),
+        Some(swarm_core::Completion::Write { result: Err(_), .. })
+    ));
+}
+
+fn node(
+    fabric: &InProcessFabric,
+    graph: &[Vec<usize>],
+    id: usize,
+    dim: usize,
+    interaction: Interaction,
+) -> SwarmNode<swarm_core::InProcessEndpoint> {
+    SwarmNode::new(
+        fabric.endpoint(id).unwrap(),
+        graph[id].clone(),
+        dim,
+        interaction,
+        LocalSteps::Fixed(1),
+        Box::new(IdentityCodec),
+        11,
+    )
+    .unwrap()
+}
+
+#[test]
+fn threaded_pairwise_averaging_conserves_the_sum_exactly_once_settled() {
+    let n = 8;
+    let dim = 1000;
+    let graph: Vec<Vec<usize>> = (0..n).map(|i| vec![(i + n - 1) % n, (i + 1) % n]).collect();
+    let fabric = InProcessFabric::new(graph.clone(), 8 + 4 * dim).unwrap();
+    let start: Vec<Vec<f32>> = (0..n)
+        .map(|i| (0..dim).map(|k| ((i * 31 + k) % 17) as f32).collect())
+        .collect();
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let mut swarm = node(&fabric, &graph, i, dim, Interaction::Pairwise);
+            let mut x = start[i].clone();
+            swarm.publish(&x).unwrap();
+            thread::spawn(move || {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                while swarm.stats().interactions < 300 && std::time::Instant::now() < deadline {
+                    swarm.step_boundary(&mut x).unwrap();
+                    if swarm.after_local_step(&mut x).unwrap().is_none() {
+                        // The partner has not folded our last correction yet: let it run.
+                        thread::yield_now();
+                    }
+                }
+                // Keep folding for partners that are still running, then stop.
+                for _ in 0..100 {
+                    swarm.step_boundary(&mut x).unwrap();
+                    thread::yield_now();
+                }
+                (swarm, x)
+            })
+        })
+        .collect();
+    let mut finished: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    // Settle: every node folds what is still in its inbox.
+    for (swarm, x) in &mut finished {
+        swarm.step_boundary(x).unwrap();
+    }
+    for (swarm, x) in &mut finished {
+        assert_eq!(swarm.step_boundary(x).unwrap(), 0);
+    }
+    let interactions: u64 = finished.iter().map(|(s, _)| s.stats().interactions).sum();
+    assert!(interactions >= 8 * 300, "only {interactions} interactions");
+    let models: Vec<&[f32]> = finished.iter().map(|(_, x)| x.as_slice()).collect();
+    let mean_now = swarm_core::mean_of(models.iter().copied());
+    let mean_start = swarm_core::mean_of(start.iter().map(|m| m.as_slice()));
+    for (a, b) in mean_now.iter().zip(&mean_start) {
+        assert!((a - b).abs() < 1e-3, "mean moved from {b} to {a}");
+    }
+    let spread_start = swarm_core::spread(start.iter().map(|m| m.as_slice()));
+    assert!(swarm_core::spread(models.iter().copied()) < 1e-3 * spread_start);
+    let folded: u64 = finished
+        .iter()
+        .map(|(s, _)| s.stats().corrections_folded)
+        .sum();
+    let written: u64 = finished.iter().map(|(s, _)| s.stats().bytes_written).sum();
+    assert_eq!(
+        written,
+        folded * (8 + 4 * dim as u64),
+        "every delivered correction folded once"
+    );
+}
+
+#[test]
+fn a_node_skips_peers_that_never_published_and_rejects_non_finite_models() {
+    let graph = vec![vec![1], vec![0]];
+    let fabric = InProcessFabric::new(graph.clone(), 8 + 16).unwrap();
+    let mut a = node(&fabric, &graph, 0, 4, Interaction::Pull);
+    let mut b = node(&fabric, &graph, 1, 4, Interaction::Pull);
+    let mut x = vec![1.0f32; 4];
+    assert!(!a.interact_with(1, &mut x).unwrap());
+    assert_eq!(x, vec![1.0; 4]);
+    assert_eq!(a.stats().skipped_unpublished, 1);
+    b.publish(&[f32::NAN, 0.0, 0.0, 0.0]).unwrap();
+    assert!(!a.interact_with(1, &mut x).unwrap());
+    assert_eq!(x, vec![1.0; 4]);
+    assert_eq!(a.stats().rejected_non_finite, 1);
+    b.publish(&[3.0, 3.0, 3.0, 3.0]).unwrap();
+    assert!(a.interact_with(1, &mut x).unwrap());
+    assert_eq!(x, vec![2.0; 4]);
+    // Both completed reads crossed the network, the rejected one included.
+    assert_eq!(a.stats().bytes_read, 2 * (8 + 16));
+}
+
+/// Quantizes to integers, and reports failure whenever the reader is more than 0.5 away.
+struct RoundingCodec;
+
+impl Codec for RoundingCodec {
+    fn name(&self) -> String {
+        "rounding".into()
+    }
+    fn encode(&mut self, x: &[f32], out: &mut Vec<u8>) -> Result<(), QuantError> {
+        out.clear();
+        out.extend(x.iter().map(|v| v.round() as i8 as u8));
+        Ok(())
+    }
+    fn decode(
+        &self,
+        bytes: &[u8],
+        reference: &[f32],
+        out: &mut [f32],
+    ) -> Result<DecodeReport, QuantError> {
+        let mut failed = 0;
+        for ((o, b), r) in out.iter_mut().zip(bytes).zip(reference) {
+            *o = f32::from(*b as i8);
+            failed += usize::from((*o - r).abs() > 0.5);
+        }
+        Ok(DecodeReport {
+            failed_buckets: failed,
+        })
+    }
+}
+
+#[test]
+fn a_failed_quantized_decode_falls_back_to_full_precision() {
+    let graph = vec![vec![1], vec![0]];
+    let fabric = InProcessFabric::new(graph.clone(), 64).unwrap();
+    let make = |id| {
+        SwarmNode::new(
+            fabric.endpoint(id).unwrap(),
+            graph[id].clone(),
+            4,
+            Interaction::Pull,
+            LocalSteps::Fixed(1),
+            Box::new(RoundingCodec),
+            1,
+        )
+        .unwrap()
+    };
+    let (mut a, mut b) = (make(0), make(1));
+    b.publish(&[1.0, 2.0, 3.0, 4.25]).unwrap();
+    // Close to the peer: the quantized copy (rounded) is used.
+    let mut x = vec![1.0f32, 2.0, 3.0, 4.0];
+    assert!(a.interact_with(1, &mut x).unwrap());
+    assert_eq!(x, vec![1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(a.stats().decode_fallbacks, 0);
+    assert_eq!(a.stats().bytes_read, 4);
+    // Far from the peer: the check fails and the full-precision copy is read instead.
+    let mut far = vec![-3.0f32, 2.0, 3.0, 4.0];
+    assert!(a.interact_with(1, &mut far).unwrap());
+    assert_eq!(far, vec![-1.0, 2.0, 3.0, 4.125]);
+    assert_eq!(a.stats().decode_fallbacks, 1);
+    assert_eq!(a.stats().bytes_read, 4 + 4 + 16);
+}
