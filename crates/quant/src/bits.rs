@@ -250,7 +250,9 @@ fn unpack_all<const B: usize>(bytes: &[u8], out: &mut [u32]) {
 /// ```
 pub fn pack_bits(codes: &[u32], bits: u32, out: &mut Vec<u8>) -> Result<(), QuantError> {
     if !(1..=16).contains(&bits) {
-        return Err(QuantError::InvalidParameter(format!("bit width {bits} not in 1..=16")));
+        return Err(QuantError::InvalidParameter(format!(
+            "bit width {bits} not in 1..=16"
+        )));
     }
     crate::wire::size_output(out, packed_len(codes.len(), bits));
     dispatch_width!(bits, pack_all(codes, out), ());
@@ -261,11 +263,16 @@ pub fn pack_bits(codes: &[u32], bits: u32, out: &mut Vec<u8>) -> Result<(), Quan
 /// `packed_len(out.len(), bits)` bytes.
 pub fn unpack_bits(bytes: &[u8], bits: u32, out: &mut [u32]) -> Result<(), QuantError> {
     if !(1..=16).contains(&bits) {
-        return Err(QuantError::InvalidParameter(format!("bit width {bits} not in 1..=16")));
+        return Err(QuantError::InvalidParameter(format!(
+            "bit width {bits} not in 1..=16"
+        )));
     }
     let need = packed_len(out.len(), bits);
     if bytes.len() != need {
-        return Err(QuantError::Truncated { needed: need, available: bytes.len() });
+        return Err(QuantError::Truncated {
+            needed: need,
+            available: bytes.len(),
+        });
     }
     dispatch_width!(bits, unpack_all(bytes, out), ());
     Ok(())
@@ -283,7 +290,12 @@ pub(crate) struct BitWriter<'a> {
 
 impl<'a> BitWriter<'a> {
     pub(crate) fn new(out: &'a mut [u8]) -> Self {
-        BitWriter { out, pos: 0, acc: 0, nacc: 0 }
+        BitWriter {
+            out,
+            pos: 0,
+            acc: 0,
+            nacc: 0,
+        }
     }
 
     /// Appends the low `bits` bits of `v`. The caller sized the buffer.
@@ -319,7 +331,12 @@ pub(crate) struct BitReader<'a> {
 
 impl<'a> BitReader<'a> {
     pub(crate) fn new(bytes: &'a [u8]) -> Self {
-        BitReader { bytes, pos: 0, acc: 0, nacc: 0 }
+        BitReader {
+            bytes,
+            pos: 0,
+            acc: 0,
+            nacc: 0,
+        }
     }
 
     pub(crate) fn get(&mut self, bits: u32) -> u32 {

@@ -71,18 +71,29 @@ impl Codec for IdentityCodec {
         out: &mut [f32],
     ) -> Result<DecodeReport, QuantError> {
         if bytes.len() < 8 {
-            return Err(QuantError::Truncated { needed: 8, available: bytes.len() });
+            return Err(QuantError::Truncated {
+                needed: 8,
+                available: bytes.len(),
+            });
         }
         if bytes[..4] != IDENTITY_MAGIC {
-            return Err(QuantError::BadHeader("not a full-precision (QF32) payload".into()));
+            return Err(QuantError::BadHeader(
+                "not a full-precision (QF32) payload".into(),
+            ));
         }
         let len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
         if len != out.len() {
-            return Err(QuantError::LengthMismatch { payload: len, expected: out.len() });
+            return Err(QuantError::LengthMismatch {
+                payload: len,
+                expected: out.len(),
+            });
         }
         let body = &bytes[8..];
         if body.len() != 4 * len {
-            return Err(QuantError::Truncated { needed: 8 + 4 * len, available: bytes.len() });
+            return Err(QuantError::Truncated {
+                needed: 8 + 4 * len,
+                available: bytes.len(),
+            });
         }
         for (o, chunk) in out.iter_mut().zip(body.chunks_exact(4)) {
             *o = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);

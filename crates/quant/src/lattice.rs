@@ -32,10 +32,12 @@
 //! failure goes unreported with probability at most about `2^-31` per failed bucket, and a
 //! correct decode is never reported as failed.
 
-use crate::bits::{dispatch_width, encode_blocks, decode_blocks, packed_len, BLOCK};
+use crate::bits::{decode_blocks, dispatch_width, encode_blocks, packed_len, BLOCK};
 use crate::rng::{mix64, nonce, unit_f32};
 use crate::stats::{max_abs, max_abs_bits, round_i, MAGIC, MAGIC_BITS};
-use crate::wire::{check_header, f32_at, len_u32, put_f32_at, put_header, size_output, Kind, COMMON_HEADER};
+use crate::wire::{
+    check_header, f32_at, len_u32, put_f32_at, put_header, size_output, Kind, COMMON_HEADER,
+};
 use crate::{Codec, DecodeReport, QuantError};
 
 /// Bytes of header: common header + bits, log2(bucket), 2 reserved, eps (f32), nonce (u64).
@@ -105,7 +107,9 @@ impl LatticeCodec {
     /// Sets the safety factor: the step is chosen so that `(q-1)/2 * eps = safety * distance`.
     pub fn with_safety(mut self, safety: f32) -> Result<Self, QuantError> {
         if !(safety.is_finite() && safety > 0.0) {
-            return Err(QuantError::InvalidParameter(format!("lattice safety {safety} not > 0")));
+            return Err(QuantError::InvalidParameter(format!(
+                "lattice safety {safety} not > 0"
+            )));
         }
         self.safety = safety;
         Ok(self)
@@ -160,7 +164,9 @@ fn tables(nonce: u64, n: usize, dither: &mut Vec<f32>, weights: &mut Vec<u32>) {
 
 /// Per-bucket dither offset in [0,1).
 fn bucket_offset(nonce: u64, b: usize) -> f32 {
-    unit_f32(mix64(nonce.wrapping_add((b as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F))))
+    unit_f32(mix64(nonce.wrapping_add(
+        (b as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F),
+    )))
 }
 
 fn fold_hash(h: [u32; 8]) -> u32 {
@@ -193,15 +199,20 @@ fn encode_body<const B: usize>(
     let mask = (1u32 << B) - 1;
     let bucket_bytes = a.bucket * B / 8;
     let mut overall = 0f32;
-    for (b, (xb, ob)) in a.x.chunks(a.bucket).zip(codes_out.chunks_mut(bucket_bytes)).enumerate() {
+    for (b, (xb, ob)) in
+        a.x.chunks(a.bucket)
+            .zip(codes_out.chunks_mut(bucket_bytes))
+            .enumerate()
+    {
         let off = bucket_offset(a.nonce, b);
         let mut hash = [0u32; 8];
         let mut mx = [0u32; 8];
         encode_blocks::<B>(xb, ob, |blk, xs, codes| {
             let base = blk * BLOCK;
-            let (Some(dt), Some(wt)) =
-                (a.dither.get(base..base + BLOCK), a.weights.get(base..base + BLOCK))
-            else {
+            let (Some(dt), Some(wt)) = (
+                a.dither.get(base..base + BLOCK),
+                a.weights.get(base..base + BLOCK),
+            ) else {
                 return;
             };
             for ((xc, (dc, wc)), cc) in xs
@@ -222,7 +233,11 @@ fn encode_body<const B: usize>(
         });
         let bmax = f32::from_bits(mx.iter().fold(0, |m, &v| m.max(v)));
         if !(bmax * inv_eps < LIMIT) {
-            return Err(if bmax.is_finite() { Stop::Retry } else { Stop::NonFinite });
+            return Err(if bmax.is_finite() {
+                Stop::Retry
+            } else {
+                Stop::NonFinite
+            });
         }
         overall = overall.max(bmax);
         checks[4 * b..4 * b + 4].copy_from_slice(&fold_hash(hash).to_le_bytes());
@@ -261,9 +276,10 @@ fn decode_body<const B: usize>(
         let mut hash = [0u32; 8];
         decode_blocks::<B>(cb, rb, ob, |blk, codes, ys, os| {
             let base = blk * BLOCK;
-            let (Some(dt), Some(wt)) =
-                (a.dither.get(base..base + BLOCK), a.weights.get(base..base + BLOCK))
-            else {
+            let (Some(dt), Some(wt)) = (
+                a.dither.get(base..base + BLOCK),
+                a.weights.get(base..base + BLOCK),
+            ) else {
                 return;
             };
             for (((cc, yc), (dc, wc)), oc) in codes
@@ -319,7 +335,9 @@ impl Codec for LatticeCodec {
                 self.safety * 2.0 * m / ((q - 1.0) / 2.0)
             }
         };
-        eps = eps.max(2.0 * self.last_max_abs / LIMIT).clamp(MIN_EPS, MAX_EPS);
+        eps = eps
+            .max(2.0 * self.last_max_abs / LIMIT)
+            .clamp(MIN_EPS, MAX_EPS);
 
         let table_len = bucket.min(d.next_multiple_of(BLOCK));
         let mut dither = std::mem::take(&mut self.dither);
@@ -331,7 +349,14 @@ impl Codec for LatticeCodec {
         let (checks, codes) = rest.split_at_mut(4 * nb);
         let mut retried = false;
         let result = loop {
-            let args = EncodeArgs { x, bucket, nonce, eps, dither: &dither, weights: &weights };
+            let args = EncodeArgs {
+                x,
+                bucket,
+                nonce,
+                eps,
+                dither: &dither,
+                weights: &weights,
+            };
             let r = dispatch_width!(
                 self.bits,
                 encode_body(&args, checks, codes),
@@ -384,7 +409,10 @@ impl Codec for LatticeCodec {
     ) -> Result<DecodeReport, QuantError> {
         let mut r = check_header(bytes, Kind::Lattice, out.len())?;
         if reference.len() != out.len() {
-            return Err(QuantError::LengthMismatch { payload: reference.len(), expected: out.len() });
+            return Err(QuantError::LengthMismatch {
+                payload: reference.len(),
+                expected: out.len(),
+            });
         }
         let bits = r.u8()? as u32;
         let log2 = r.u8()? as u32;
@@ -398,7 +426,9 @@ impl Codec for LatticeCodec {
             )));
         }
         if !(eps.is_finite() && (MIN_EPS..=MAX_EPS).contains(&eps)) {
-            return Err(QuantError::BadHeader(format!("lattice step {eps} out of range")));
+            return Err(QuantError::BadHeader(format!(
+                "lattice step {eps} out of range"
+            )));
         }
         let d = out.len();
         let bucket = 1usize << log2;
@@ -408,9 +438,18 @@ impl Codec for LatticeCodec {
         let table_len = bucket.min(d.next_multiple_of(BLOCK));
         let (mut dither, mut weights) = (Vec::new(), Vec::new());
         tables(nonce, table_len, &mut dither, &mut weights);
-        let args = DecodeArgs { bucket, nonce, eps, dither: &dither, weights: &weights, checks };
+        let args = DecodeArgs {
+            bucket,
+            nonce,
+            eps,
+            dither: &dither,
+            weights: &weights,
+            checks,
+        };
         let failed = dispatch_width!(bits, decode_body(&args, codes, reference, out), nb);
-        Ok(DecodeReport { failed_buckets: failed })
+        Ok(DecodeReport {
+            failed_buckets: failed,
+        })
     }
 
     fn observe_distance(&mut self, linf: f32) {

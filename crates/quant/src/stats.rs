@@ -41,34 +41,31 @@ fn sum_lanes(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
-/// `true` when every value is finite.
+/// Minimum, maximum, and whether every value is finite.
 #[inline(always)]
-pub(crate) fn all_finite(x: &[f32]) -> bool {
-    // x * 0 is NaN exactly for NaN and infinities, and NaN survives the sum.
-    sum_lanes(x, |v| v * 0.0) == 0.0
-}
-
-/// Minimum and maximum (NaN ignored; check [`all_finite`] separately).
-#[inline(always)]
-pub(crate) fn min_max(x: &[f32]) -> (f32, f32) {
+pub(crate) fn min_max(x: &[f32]) -> (f32, f32, bool) {
     if x.is_empty() {
-        return (0.0, 0.0);
+        return (0.0, 0.0, true);
     }
-    let init = [x[0]; 16];
+    let mut init = [x[0]; 24];
+    init[16..].fill(0.0);
     let acc = lanes(x, init, |acc, c| {
         for j in 0..8 {
             let v = c[j];
             acc[j] = if v < acc[j] { v } else { acc[j] };
             acc[8 + j] = if v > acc[8 + j] { v } else { acc[8 + j] };
+            // v * 0 is NaN exactly for NaN and infinities, and NaN survives the sum.
+            acc[16 + j] += v * 0.0;
         }
     });
+    let z = acc[16..].iter().sum::<f32>();
     let mut lo = acc[0];
     let mut hi = acc[8];
     for j in 1..8 {
         lo = if acc[j] < lo { acc[j] } else { lo };
         hi = if acc[8 + j] > hi { acc[8 + j] } else { hi };
     }
-    (lo, hi)
+    (lo, hi, z == 0.0 && lo.is_finite() && hi.is_finite())
 }
 
 /// Largest magnitude (0 for an empty slice); NaN if any value is NaN, infinity if any is

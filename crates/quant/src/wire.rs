@@ -79,7 +79,10 @@ pub(crate) fn check_header(
     }
     let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
     if len != expected_len {
-        return Err(QuantError::LengthMismatch { payload: len, expected: expected_len });
+        return Err(QuantError::LengthMismatch {
+            payload: len,
+            expected: expected_len,
+        });
     }
     Ok(r)
 }
@@ -99,12 +102,14 @@ impl<'a> Reader<'a> {
 
     /// Takes the next `n` bytes.
     pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], QuantError> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or(
-            QuantError::Truncated {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or(QuantError::Truncated {
                 needed: self.pos.saturating_add(n),
                 available: self.bytes.len(),
-            },
-        )?;
+            })?;
         let s = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -124,10 +129,6 @@ impl<'a> Reader<'a> {
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_le_bytes(a))
-    }
-
-    pub(crate) fn f32(&mut self) -> Result<f32, QuantError> {
-        Ok(f32::from_bits(self.u32()?))
     }
 
     /// The unread bytes.
