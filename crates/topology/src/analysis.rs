@@ -120,7 +120,11 @@ pub fn diameter(g: &Graph, exact_work: usize, samples: usize, seed: u64) -> Opti
             break;
         }
         // Alternate: jump to the farthest node (double sweep), then to a fresh random node.
-        s = if k % 2 == 0 { far } else { rng.random_range(0..n) };
+        s = if k % 2 == 0 {
+            far
+        } else {
+            rng.random_range(0..n)
+        };
     }
     Some(Diameter {
         lower,
@@ -277,7 +281,11 @@ impl fmt::Display for Stats {
             None => writeln!(f, "diameter:     infinite (disconnected)")?,
         }
         if let Some(l) = &self.lambda2 {
-            write!(f, "lambda2:      {:.6e} ({:?}", l.value, l.method)?;
+            if l.value == 0.0 || l.value >= 1e-3 {
+                write!(f, "lambda2:      {:.6} ({:?}", l.value, l.method)?;
+            } else {
+                write!(f, "lambda2:      {:.6e} ({:?}", l.value, l.method)?;
+            }
             if l.method == spectral::Method::Lanczos {
                 write!(f, ", {} matvecs, residual {:.1e}", l.matvecs, l.residual)?;
                 if !l.converged {

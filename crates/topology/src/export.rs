@@ -138,7 +138,10 @@ pub fn parse_edge_list(text: &str, name: &str) -> Result<Graph, TopologyError> {
             if let Some(rest) = c.trim().strip_prefix("n=") {
                 let val = rest.split_whitespace().next().unwrap_or("");
                 let n: usize = val.parse().map_err(|_| {
-                    err(line_no, format!("`# n=` header needs a node count, got `{val}`"))
+                    err(
+                        line_no,
+                        format!("`# n=` header needs a node count, got `{val}`"),
+                    )
                 })?;
                 declared_n = Some((n, line_no));
             }
@@ -168,7 +171,10 @@ pub fn parse_edge_list(text: &str, name: &str) -> Result<Graph, TopologyError> {
         }
         let [u, v] = ids;
         if u == v {
-            return Err(err(line_no, format!("self-loop {u}-{v} (graphs must be simple)")));
+            return Err(err(
+                line_no,
+                format!("self-loop {u}-{v} (graphs must be simple)"),
+            ));
         }
         edges.push((u.min(v), u.max(v), line_no));
     }
@@ -210,6 +216,7 @@ pub fn parse_edge_list(text: &str, name: &str) -> Result<Graph, TopologyError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -325,7 +325,10 @@ impl TopologySpec {
             TopologySpec::Hypercube => hypercube(n),
             TopologySpec::Regular { r } => {
                 let r = r.ok_or_else(|| {
-                    invalid("r", "random regular graph needs a degree: regular:R or --degree R")
+                    invalid(
+                        "r",
+                        "random regular graph needs a degree: regular:R or --degree R",
+                    )
                 })?;
                 random_regular(n, r, &mut rng)
             }
@@ -387,7 +390,8 @@ impl FromStr for TopologySpec {
             Some(a) => Err(err(format!("`{kind}` takes no parameter, got `:{a}`"))),
         };
         let parse_dims = |a: &str, k: usize| -> Result<Vec<usize>, TopologyError> {
-            let d: Result<Vec<usize>, _> = a.split(['x', 'X', '*']).map(|t| t.trim().parse()).collect();
+            let d: Result<Vec<usize>, _> =
+                a.split(['x', 'X', '*']).map(|t| t.trim().parse()).collect();
             match d {
                 Ok(d) if d.len() == k => Ok(d),
                 _ => Err(err(format!(
@@ -424,7 +428,9 @@ impl FromStr for TopologySpec {
                 r: match arg {
                     None => None,
                     Some(a) => Some(a.trim().parse().map_err(|_| {
-                        err(format!("degree R in regular:R must be a non-negative integer, got `{a}`"))
+                        err(format!(
+                            "degree R in regular:R must be a non-negative integer, got `{a}`"
+                        ))
                     })?),
                 },
             }),
@@ -433,7 +439,9 @@ impl FromStr for TopologySpec {
                     None => None,
                     Some(a) => {
                         let p: f64 = a.trim().parse().map_err(|_| {
-                            err(format!("probability P in erdos-renyi:P must be a number, got `{a}`"))
+                            err(format!(
+                                "probability P in erdos-renyi:P must be a number, got `{a}`"
+                            ))
                         })?;
                         if !(0.0..=1.0).contains(&p) {
                             return Err(err(format!("probability P must be in [0, 1], got {p}")));
@@ -451,7 +459,9 @@ impl FromStr for TopologySpec {
                 Ok(TopologySpec::SlimFly { q })
             }
             Kind::File => {
-                let a = arg.filter(|a| !a.is_empty()).ok_or_else(|| err("file needs a path: file:PATH".into()))?;
+                let a = arg
+                    .filter(|a| !a.is_empty())
+                    .ok_or_else(|| err("file needs a path: file:PATH".into()))?;
                 Ok(TopologySpec::File { path: a.into() })
             }
         }
@@ -460,7 +470,10 @@ impl FromStr for TopologySpec {
 
 fn check_dims(dims: &[usize]) -> Result<(), TopologyError> {
     if dims.contains(&0) {
-        return Err(invalid("dims", format!("torus side lengths must be >= 1, got {dims:?}")));
+        return Err(invalid(
+            "dims",
+            format!("torus side lengths must be >= 1, got {dims:?}"),
+        ));
     }
     Ok(())
 }
@@ -565,10 +578,16 @@ fn exponential(n: usize) -> Graph {
 /// `G(n, p)` by geometric skipping (Batagelj & Brandes 2005), resampled until connected.
 fn erdos_renyi_connected<R: Rng>(n: usize, p: f64, rng: &mut R) -> Result<Graph, TopologyError> {
     if !(0.0..=1.0).contains(&p) || p.is_nan() {
-        return Err(invalid("p", format!("edge probability must be in [0, 1], got {p}")));
+        return Err(invalid(
+            "p",
+            format!("edge probability must be in [0, 1], got {p}"),
+        ));
     }
     if n > 1 && p == 0.0 {
-        return Err(invalid("p", format!("p = 0 gives no edges, so n = {n} nodes cannot be connected")));
+        return Err(invalid(
+            "p",
+            format!("p = 0 gives no edges, so n = {n} nodes cannot be connected"),
+        ));
     }
     const TRIES: usize = 100;
     for _ in 0..TRIES {
@@ -613,10 +632,16 @@ fn random_regular<R: Rng>(n: usize, r: usize, rng: &mut R) -> Result<Graph, Topo
         ));
     }
     if r == 0 && n > 1 {
-        return Err(invalid("r", format!("a 0-regular graph on n = {n} > 1 nodes is disconnected")));
+        return Err(invalid(
+            "r",
+            format!("a 0-regular graph on n = {n} > 1 nodes is disconnected"),
+        ));
     }
     if r == 1 && n > 2 {
-        return Err(invalid("r", format!("a 1-regular graph on n = {n} > 2 nodes is disconnected")));
+        return Err(invalid(
+            "r",
+            format!("a 1-regular graph on n = {n} > 2 nodes is disconnected"),
+        ));
     }
     if r == n - 1 {
         return complete(n);
@@ -630,7 +655,10 @@ fn random_regular<R: Rng>(n: usize, r: usize, rng: &mut R) -> Result<Graph, Topo
         ));
     }
     if (n as u128) * (r as u128) >= u32::MAX as u128 {
-        return Err(invalid("n", format!("n * r = {n} * {r} stubs exceeds 2^32")));
+        return Err(invalid(
+            "n",
+            format!("n * r = {n} * {r} stubs exceeds 2^32"),
+        ));
     }
     const TRIES: usize = 1000;
     for _ in 0..TRIES {
@@ -713,7 +741,9 @@ fn find_defects(partner: &[u32], n: usize, r: usize, out: &mut Vec<u32>) {
 
 /// Whether node `a` currently has `c` as a neighbour (any multiplicity).
 fn adjacent(partner: &[u32], r: usize, a: usize, c: usize) -> bool {
-    partner[a * r..a * r + r].iter().any(|&t| t as usize / r == c)
+    partner[a * r..a * r + r]
+        .iter()
+        .any(|&t| t as usize / r == c)
 }
 
 /// Re-pairs the defective edge at stub `s` with a uniformly random edge so that both new edges
@@ -851,6 +881,7 @@ fn primitive_root(q: usize) -> usize {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

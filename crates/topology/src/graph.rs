@@ -42,7 +42,9 @@ impl Graph {
                 )));
             }
             if u == v {
-                return Err(TopologyError::InvalidGraph(format!("self-loop at node {u}")));
+                return Err(TopologyError::InvalidGraph(format!(
+                    "self-loop at node {u}"
+                )));
             }
         }
         let g = Self::from_edges_unchecked_dups(n, edges.iter().copied(), edges.len());
@@ -270,6 +272,7 @@ impl Graph {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use rand::{rngs::StdRng, SeedableRng};

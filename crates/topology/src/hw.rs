@@ -215,7 +215,10 @@ mod imp {
 
     pub(super) fn bind_buffer<T>(buf: &[T], numa_nodes: &[usize]) -> Result<(), TopologyError> {
         if numa_nodes.is_empty() {
-            return Err(crate::invalid("numa_nodes", "cannot bind to an empty NUMA node set"));
+            return Err(crate::invalid(
+                "numa_nodes",
+                "cannot bind to an empty NUMA node set",
+            ));
         }
         let topo = topology()?;
         let set: NodeSet = numa_nodes
@@ -287,6 +290,7 @@ pub fn bind_current_thread_near(device: &str) -> Result<bool, TopologyError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

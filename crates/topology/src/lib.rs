@@ -90,6 +90,11 @@ pub enum TopologyError {
     Hardware(String),
 }
 
+/// Compiles and runs the README's code blocks as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub(crate) fn invalid(param: &'static str, reason: impl Into<String>) -> TopologyError {
     TopologyError::InvalidParameter {
         param,

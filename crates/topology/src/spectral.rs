@@ -151,7 +151,10 @@ fn tridiagonalize(a: &mut [f64], n: usize) -> (Vec<f64>, Vec<f64>) {
     for k in 0..n.saturating_sub(2) {
         let m = n - k - 1; // length of the column below the diagonal
         let x0 = a[(k + 1) * n + k];
-        let norm: f64 = (k + 1..n).map(|i| a[i * n + k] * a[i * n + k]).sum::<f64>().sqrt();
+        let norm: f64 = (k + 1..n)
+            .map(|i| a[i * n + k] * a[i * n + k])
+            .sum::<f64>()
+            .sqrt();
         d[k] = a[k * n + k];
         if norm == 0.0 {
             e[k] = 0.0;
@@ -416,6 +419,7 @@ pub fn lambda2_lanczos(g: &Graph, opts: &SpectralOptions) -> Lambda2 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

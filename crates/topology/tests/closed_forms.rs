@@ -1,5 +1,7 @@
 //! Generators and spectral solvers against closed forms.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::f64::consts::PI;
 
 use topology::analysis::{self, Stats};
@@ -37,7 +39,12 @@ fn ring_lambda2() {
         assert_eq!(g.is_regular(), Some(2));
         let l = spectral::lambda2(&g);
         assert_eq!(l.method, Method::Dense);
-        assert!(close(l.value, ring_l2(n), 1e-9), "n={n}: {} vs {}", l.value, ring_l2(n));
+        assert!(
+            close(l.value, ring_l2(n), 1e-9),
+            "n={n}: {} vs {}",
+            l.value,
+            ring_l2(n)
+        );
     }
     // Lanczos on a ring large enough to leave the dense path (small gap: hard case).
     let g = build("ring", 700, 0);
@@ -110,15 +117,35 @@ fn slim_fly_degree_and_diameter() {
         assert!(d.exact);
         assert_eq!(d.lower, 2, "q={q}");
     }
-    let e = "slimfly:9".parse::<TopologySpec>().unwrap().build(0, 0).unwrap_err();
+    let e = "slimfly:9"
+        .parse::<TopologySpec>()
+        .unwrap()
+        .build(0, 0)
+        .unwrap_err();
     assert!(e.to_string().contains("`q`"), "{e}");
-    let e = "slimfly:5".parse::<TopologySpec>().unwrap().build(49, 0).unwrap_err();
-    assert!(e.to_string().contains("`n`") && e.to_string().contains("50"), "{e}");
+    let e = "slimfly:5"
+        .parse::<TopologySpec>()
+        .unwrap()
+        .build(49, 0)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("`n`") && e.to_string().contains("50"),
+        "{e}"
+    );
 }
 
 #[test]
 fn random_regular_simple_regular_connected() {
-    for (n, r) in [(10, 3), (50, 3), (100, 4), (101, 4), (200, 7), (1000, 8), (64, 63), (20, 2)] {
+    for (n, r) in [
+        (10, 3),
+        (50, 3),
+        (100, 4),
+        (101, 4),
+        (200, 7),
+        (1000, 8),
+        (64, 63),
+        (20, 2),
+    ] {
         for seed in 0..3 {
             let g = build(&format!("regular:{r}"), n, seed);
             assert_eq!(g.n(), n);
@@ -173,7 +200,10 @@ fn sparse_agrees_with_dense() {
         let dense = spectral::lambda2_dense(&g);
         let sparse = spectral::lambda2_with(&g, &lanczos_opts());
         assert_eq!(sparse.method, Method::Lanczos);
-        assert!(sparse.value >= dense - 1e-9, "{spec}: Ritz value below lambda2");
+        assert!(
+            sparse.value >= dense - 1e-9,
+            "{spec}: Ritz value below lambda2"
+        );
         assert!(
             close(sparse.value, dense, 1e-7),
             "{spec}: lanczos {sparse:?} vs dense {dense}"
@@ -203,12 +233,18 @@ fn stats_display_and_json() {
     let l2 = s.lambda2.as_ref().unwrap();
     assert!(l2.converged, "{l2:?}");
     // Alon-Boppana / Friedman: lambda2 of a random 4-regular graph is close to 4 - 2 sqrt(3).
-    assert!(l2.value > 0.4 && l2.value <= 4.0 - 2.0 * 3f64.sqrt() + 0.05, "{l2:?}");
+    assert!(
+        l2.value > 0.4 && l2.value <= 4.0 - 2.0 * 3f64.sqrt() + 0.05,
+        "{l2:?}"
+    );
     let m = s.mixing.as_ref().unwrap();
     let expect = 1.0 - l2.value / (2.0 * g.num_edges() as f64);
     assert!(close(m.contraction_per_interaction, expect, 1e-12));
     let text = s.to_string();
-    assert!(text.contains("4-regular") && text.contains("lambda2"), "{text}");
+    assert!(
+        text.contains("4-regular") && text.contains("lambda2"),
+        "{text}"
+    );
     let json = serde_json::to_value(&s).unwrap();
     assert_eq!(json["nodes"], 2000);
     assert_eq!(json["regular"], 4);
@@ -276,7 +312,11 @@ fn impossible_parameters_are_named() {
     assert!(err_of("erdos-renyi:2", 10).contains("[0, 1]"));
     let e = TopologySpec::Ring.with_degree(3).unwrap_err().to_string();
     assert!(e.contains("`degree`"), "{e}");
-    let spec = "regular".parse::<TopologySpec>().unwrap().with_degree(6).unwrap();
+    let spec = "regular"
+        .parse::<TopologySpec>()
+        .unwrap()
+        .with_degree(6)
+        .unwrap();
     assert_eq!(spec.to_string(), "regular:6");
 }
 
@@ -287,7 +327,11 @@ fn malformed_edge_lists_name_the_line() {
         ("0 1\n1 2 3\n", 2, "two node ids"),
         ("0 1\n# ok\n1 x\n", 3, "`x` is not a non-negative integer"),
         ("0 1\n2 2\n", 2, "self-loop"),
-        ("0 1\n1 2\n1 0\n", 3, "duplicate edge 0-1 (first given on line 1)"),
+        (
+            "0 1\n1 2\n1 0\n",
+            3,
+            "duplicate edge 0-1 (first given on line 1)",
+        ),
         ("# n=3\n0 1\n1 5\n", 3, "out of range"),
         ("# n=abc\n0 1\n", 1, "node count"),
         ("0 -1\n", 1, "`-1`"),
@@ -299,7 +343,10 @@ fn malformed_edge_lists_name_the_line() {
             other => panic!("unexpected {other}"),
         }
         let msg = e.to_string();
-        assert!(msg.starts_with(&format!("g.txt:{line}:")) && msg.contains(phrase), "{msg}");
+        assert!(
+            msg.starts_with(&format!("g.txt:{line}:")) && msg.contains(phrase),
+            "{msg}"
+        );
     }
 }
 
@@ -314,5 +361,9 @@ fn file_spec_round_trip() {
     assert_eq!(spec.build(20, 0).unwrap(), g);
     assert!(spec.build(21, 0).unwrap_err().to_string().contains("`n`"));
     let missing: TopologySpec = "file:/nonexistent/x.txt".parse().unwrap();
-    assert!(missing.build(0, 0).unwrap_err().to_string().contains("/nonexistent/x.txt"));
+    assert!(missing
+        .build(0, 0)
+        .unwrap_err()
+        .to_string()
+        .contains("/nonexistent/x.txt"));
 }
