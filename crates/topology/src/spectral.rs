@@ -69,7 +69,7 @@ impl Default for SpectralOptions {
             tol: 1e-6,
             max_basis: 32,
             keep: 8,
-            max_matvecs: 4000,
+            max_matvecs: 2000,
             seed: 0x5eed,
         }
     }
