@@ -1,37 +1,86 @@
 //! Bit packing: codes of width `B` bits, least-significant bit first.
 //!
-//! Code `i` occupies bits `i*B .. (i+1)*B` of the byte string read as one little-endian integer.
-//! So 8-bit codes are plain bytes, 16-bit codes little-endian `u16`, 4-bit codes put the even
-//! index in the low nibble, and every width packs 8 codes into exactly `B` bytes. The fast
-//! kernels work on blocks of [`BLOCK`] codes (`8*B` bytes); widths 1, 2, 4, 8 and 16 have
-//! dedicated loops, the others a generic 8-codes-at-a-time loop, all monomorphized per width.
+//! Codes are packed in blocks of [`BLOCK`] = 64 codes, `8*B` bytes each (the last block of a
+//! vector is zero-padded and cut to `ceil(n*B/8)` bytes in total). Inside a block:
+//! - widths 4, 8 and 16 use a *vertical* layout: `2*B` little-endian 32-bit words, word `w`
+//!   holding codes `w, w + 2B, w + 4B, ...` from its low bits up (so it vectorizes with SSE2
+//!   shifts and ors, like `bitpacking`'s lane-interleaved layouts);
+//! - every other width, and the last partial block of a vector at any width, is sequential:
+//!   code `i` occupies bits `i*B .. (i+1)*B` of the block read as one little-endian integer.
+//!
+//! Widths 1, 2, 4, 8 and 16 have dedicated loops; the others a generic 8-codes-at-a-time loop,
+//! all monomorphized per width.
 
 use crate::QuantError;
 
 /// Codes per kernel block.
 pub(crate) const BLOCK: usize = 64;
 
-/// Packs one block of codes (each already `< 2^B`) into `out` (`8*B` bytes).
+/// Vertical layout for `B` in {4, 8, 16}: the block's `8*B` bytes are `2*B` little-endian
+/// 32-bit words, and word `w` holds codes `w, w + 2B, w + 4B, ...` from its low bits up. Each
+/// word gathers codes a fixed stride apart, so packing is in-lane shifts and ors (no byte
+/// shuffles, which SSE2 lacks).
+#[inline(always)]
+fn pack_vertical<const B: usize>(codes: &[u32; BLOCK], out: &mut [u8]) {
+    let lanes = 2 * B;
+    let mut words = [0u32; 32];
+    for j in 0..32 / B {
+        for (w, word) in words[..lanes].iter_mut().enumerate() {
+            *word |= codes[w + j * lanes] << (j * B);
+        }
+    }
+    for (o, w) in out.chunks_exact_mut(4).zip(&words[..lanes]) {
+        o.copy_from_slice(&w.to_le_bytes());
+    }
+}
+
+#[inline(always)]
+fn unpack_vertical<const B: usize>(bytes: &[u8], codes: &mut [u32; BLOCK]) {
+    let lanes = 2 * B;
+    let mask = ((1u64 << B) - 1) as u32;
+    let mut words = [0u32; 32];
+    for (w, b) in words[..lanes].iter_mut().zip(bytes.chunks_exact(4)) {
+        *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+    for j in 0..32 / B {
+        for (w, word) in words[..lanes].iter().enumerate() {
+            codes[w + j * lanes] = (word >> (j * B)) & mask;
+        }
+    }
+}
+
+/// Sequential layout for any width (used for every vector's last, partial block).
+#[inline(always)]
+pub(crate) fn pack_block_seq<const B: usize>(codes: &[u32; BLOCK], out: &mut [u8]) {
+    for (o, c) in out[..8 * B].chunks_exact_mut(B).zip(codes.chunks_exact(8)) {
+        let mut acc = 0u128;
+        for (j, &v) in c.iter().enumerate() {
+            acc |= (v as u128) << (j * B);
+        }
+        o.copy_from_slice(&acc.to_le_bytes()[..B]);
+    }
+}
+
+/// Inverse of [`pack_block_seq`].
+#[inline(always)]
+pub(crate) fn unpack_block_seq<const B: usize>(bytes: &[u8], codes: &mut [u32; BLOCK]) {
+    let mask = (1u128 << B) - 1;
+    for (c, b) in codes.chunks_exact_mut(8).zip(bytes[..8 * B].chunks_exact(B)) {
+        let mut a = [0u8; 16];
+        a[..B].copy_from_slice(b);
+        let acc = u128::from_le_bytes(a);
+        for (j, v) in c.iter_mut().enumerate() {
+            *v = ((acc >> (j * B)) & mask) as u32;
+        }
+    }
+}
+
+/// Packs one (full) block of codes (each already `< 2^B`) into `out` (`8*B` bytes).
 #[inline(always)]
 pub(crate) fn pack_block<const B: usize>(codes: &[u32; BLOCK], out: &mut [u8]) {
     let out = &mut out[..8 * B];
     match B {
-        8 => {
-            for (o, c) in out.iter_mut().zip(codes.iter()) {
-                *o = *c as u8;
-            }
-        }
-        16 => {
-            for (o, c) in out.chunks_exact_mut(2).zip(codes.iter()) {
-                o[0] = *c as u8;
-                o[1] = (*c >> 8) as u8;
-            }
-        }
-        4 => {
-            for (o, c) in out.iter_mut().zip(codes.chunks_exact(2)) {
-                *o = (c[0] | (c[1] << 4)) as u8;
-            }
-        }
+        4 | 8 | 16 => pack_vertical::<B>(codes, out),
         2 => {
             for (o, c) in out.iter_mut().zip(codes.chunks_exact(4)) {
                 *o = (c[0] | (c[1] << 2) | (c[2] << 4) | (c[3] << 6)) as u8;
@@ -63,22 +112,7 @@ pub(crate) fn pack_block<const B: usize>(codes: &[u32; BLOCK], out: &mut [u8]) {
 pub(crate) fn unpack_block<const B: usize>(bytes: &[u8], codes: &mut [u32; BLOCK]) {
     let bytes = &bytes[..8 * B];
     match B {
-        8 => {
-            for (c, b) in codes.iter_mut().zip(bytes.iter()) {
-                *c = *b as u32;
-            }
-        }
-        16 => {
-            for (c, b) in codes.iter_mut().zip(bytes.chunks_exact(2)) {
-                *c = b[0] as u32 | ((b[1] as u32) << 8);
-            }
-        }
-        4 => {
-            for (c, b) in codes.chunks_exact_mut(2).zip(bytes.iter()) {
-                c[0] = (*b & 15) as u32;
-                c[1] = (*b >> 4) as u32;
-            }
-        }
+        4 | 8 | 16 => unpack_vertical::<B>(bytes, codes),
         2 => {
             for (c, b) in codes.chunks_exact_mut(4).zip(bytes.iter()) {
                 let b = *b as u32;
@@ -160,7 +194,7 @@ pub(crate) fn encode_blocks<const B: usize>(
             xs[..xc.len()].copy_from_slice(xc);
             f(i, &xs, &mut codes);
             let mut tmp = [0u8; 8 * 16];
-            pack_block::<B>(&codes, &mut tmp);
+            pack_block_seq::<B>(&codes, &mut tmp);
             let n = oc.len();
             oc.copy_from_slice(&tmp[..n]);
         }
@@ -192,7 +226,7 @@ pub(crate) fn decode_blocks<const B: usize>(
         } else {
             let mut tmp = [0u8; 8 * 16];
             tmp[..bc.len()].copy_from_slice(bc);
-            unpack_block::<B>(&tmp, &mut codes);
+            unpack_block_seq::<B>(&tmp, &mut codes);
             let mut rs = [0f32; BLOCK];
             rs[..rc.len()].copy_from_slice(rc);
             let mut os = [0f32; BLOCK];
@@ -211,11 +245,11 @@ fn pack_all<const B: usize>(codes: &[u32], out: &mut [u8]) {
         for b in buf.iter_mut() {
             *b &= mask;
         }
-        if oc.len() == 8 * B {
+        if cc.len() == BLOCK {
             pack_block::<B>(&buf, oc);
         } else {
             let mut tmp = [0u8; 8 * 16];
-            pack_block::<B>(&buf, &mut tmp);
+            pack_block_seq::<B>(&buf, &mut tmp);
             let n = oc.len();
             oc.copy_from_slice(&tmp[..n]);
         }
@@ -225,12 +259,12 @@ fn pack_all<const B: usize>(codes: &[u32], out: &mut [u8]) {
 fn unpack_all<const B: usize>(bytes: &[u8], out: &mut [u32]) {
     let mut buf = [0u32; BLOCK];
     for (oc, bc) in out.chunks_mut(BLOCK).zip(bytes.chunks(8 * B)) {
-        if bc.len() == 8 * B {
+        if oc.len() == BLOCK {
             unpack_block::<B>(bc, &mut buf);
         } else {
             let mut tmp = [0u8; 8 * 16];
             tmp[..bc.len()].copy_from_slice(bc);
-            unpack_block::<B>(&tmp, &mut buf);
+            unpack_block_seq::<B>(&tmp, &mut buf);
         }
         let n = oc.len();
         oc.copy_from_slice(&buf[..n]);
@@ -240,13 +274,22 @@ fn unpack_all<const B: usize>(bytes: &[u8], out: &mut [u32]) {
 /// Packs `codes` at `bits` bits each (1..=16; higher bits of each code are ignored) into `out`,
 /// replacing its contents with `packed_len(codes.len(), bits)` bytes.
 ///
+/// See the module documentation for the layout: 2-bit codes are sequential; 4-bit codes are
+/// vertical in full blocks of 64.
+///
 /// ```
 /// let mut bytes = Vec::new();
+/// quant::pack_bits(&[1, 2, 3, 3], 2, &mut bytes).unwrap();
+/// assert_eq!(bytes, [0b11_11_10_01]);
 /// quant::pack_bits(&[1, 2, 3, 15], 4, &mut bytes).unwrap();
-/// assert_eq!(bytes, [0x21, 0xf3]);
+/// assert_eq!(bytes, [0x21, 0xf3]); // a partial block: sequential
 /// let mut back = [0u32; 4];
 /// quant::unpack_bits(&bytes, 4, &mut back).unwrap();
 /// assert_eq!(back, [1, 2, 3, 15]);
+/// let codes: Vec<u32> = (0..64).map(|i| i % 16).collect();
+/// quant::pack_bits(&codes, 4, &mut bytes).unwrap();
+/// // A full block: word 0 holds codes 0, 8, 16, ... from its low nibble up.
+/// assert_eq!(&bytes[..4], &[0x80u8, 0x80, 0x80, 0x80]);
 /// ```
 pub fn pack_bits(codes: &[u32], bits: u32, out: &mut Vec<u8>) -> Result<(), QuantError> {
     if !(1..=16).contains(&bits) {

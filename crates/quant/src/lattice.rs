@@ -34,7 +34,7 @@
 
 use crate::bits::{decode_blocks, dispatch_width, encode_blocks, packed_len, BLOCK};
 use crate::rng::{mix64, nonce, unit_f32};
-use crate::stats::{max_abs, max_abs_bits, round_i, MAGIC, MAGIC_BITS};
+use crate::stats::{max_abs, round_i, MAGIC, MAGIC_BITS};
 use crate::wire::{
     check_header, f32_at, len_u32, put_f32_at, put_header, size_output, Kind, COMMON_HEADER,
 };
@@ -169,10 +169,6 @@ fn bucket_offset(nonce: u64, b: usize) -> f32 {
     )))
 }
 
-fn fold_hash(h: [u32; 8]) -> u32 {
-    h.iter().fold(0u32, |a, &v| a.wrapping_add(v))
-}
-
 /// Why an encode attempt stopped.
 enum Stop {
     /// A value is too large for the step: raise it.
@@ -189,60 +185,59 @@ struct EncodeArgs<'a> {
     weights: &'a [u32],
 }
 
-/// Encodes every bucket; returns the largest magnitude seen.
+/// Fixed-size view of `BLOCK` table entries at `base`.
+#[inline(always)]
+fn block_of<T>(t: &[T], base: usize) -> Option<&[T; BLOCK]> {
+    t.get(base..base + BLOCK).and_then(|s| s.try_into().ok())
+}
+
+/// Encodes every bucket, or stops when a value is out of range for the step (or not finite).
 fn encode_body<const B: usize>(
     a: &EncodeArgs<'_>,
     checks: &mut [u8],
     codes_out: &mut [u8],
-) -> Result<f32, Stop> {
+) -> Result<(), Stop> {
     let inv_eps = 1.0 / a.eps;
     let mask = (1u32 << B) - 1;
     let bucket_bytes = a.bucket * B / 8;
-    let mut overall = 0f32;
     for (b, (xb, ob)) in
         a.x.chunks(a.bucket)
             .zip(codes_out.chunks_mut(bucket_bytes))
             .enumerate()
     {
         let off = bucket_offset(a.nonce, b);
-        let mut hash = [0u32; 8];
-        let mut mx = [0u32; 8];
+        let mut hash = 0u32;
+        // Nonzero when some |round(z)| >= 2^21: too large for the step, infinite or NaN (whose
+        // bit patterns land far outside that range).
+        let mut range = 0u32;
         encode_blocks::<B>(xb, ob, |blk, xs, codes| {
-            let base = blk * BLOCK;
             let (Some(dt), Some(wt)) = (
-                a.dither.get(base..base + BLOCK),
-                a.weights.get(base..base + BLOCK),
+                block_of(a.dither, blk * BLOCK),
+                block_of(a.weights, blk * BLOCK),
             ) else {
                 return;
             };
-            for ((xc, (dc, wc)), cc) in xs
-                .chunks_exact(8)
-                .zip(dt.chunks_exact(8).zip(wt.chunks_exact(8)))
-                .zip(codes.chunks_exact_mut(8))
-            {
-                for l in 0..8 {
-                    let xv = xc[l];
-                    let z = xv * inv_eps + (dc[l] + off);
-                    let zb = (z + MAGIC).to_bits();
-                    cc[l] = zb & mask;
-                    let high = (zb.wrapping_sub(MAGIC_BITS) as i32) >> B;
-                    hash[l] = hash[l].wrapping_add((high as u32).wrapping_mul(wc[l]));
-                    mx[l] = max_abs_bits(mx[l], xv);
-                }
+            // Integer reductions vectorize as plain scalar loops (wrapping adds reassociate).
+            let mut h = 0u32;
+            let mut bad = 0u32;
+            for i in 0..BLOCK {
+                let z = xs[i] * inv_eps + (dt[i] + off);
+                let zb = (z + MAGIC).to_bits();
+                codes[i] = zb & mask;
+                let k = zb.wrapping_sub(MAGIC_BITS);
+                bad |= k.wrapping_add(1 << 21) >> 22;
+                let high = (k as i32 >> B) as u32;
+                h = h.wrapping_add(high.wrapping_mul(wt[i]));
             }
+            hash = hash.wrapping_add(h);
+            range |= bad;
         });
-        let bmax = f32::from_bits(mx.iter().fold(0, |m, &v| m.max(v)));
-        if !(bmax * inv_eps < LIMIT) {
-            return Err(if bmax.is_finite() {
-                Stop::Retry
-            } else {
-                Stop::NonFinite
-            });
+        if range != 0 {
+            return Err(Stop::Retry);
         }
-        overall = overall.max(bmax);
-        checks[4 * b..4 * b + 4].copy_from_slice(&fold_hash(hash).to_le_bytes());
+        checks[4 * b..4 * b + 4].copy_from_slice(&hash.to_le_bytes());
     }
-    Ok(overall)
+    Ok(())
 }
 
 struct DecodeArgs<'a> {
@@ -273,31 +268,25 @@ fn decode_body<const B: usize>(
         .enumerate()
     {
         let off = bucket_offset(a.nonce, b);
-        let mut hash = [0u32; 8];
+        let mut hash = 0u32;
         decode_blocks::<B>(cb, rb, ob, |blk, codes, ys, os| {
-            let base = blk * BLOCK;
             let (Some(dt), Some(wt)) = (
-                a.dither.get(base..base + BLOCK),
-                a.weights.get(base..base + BLOCK),
+                block_of(a.dither, blk * BLOCK),
+                block_of(a.weights, blk * BLOCK),
             ) else {
                 return;
             };
-            for (((cc, yc), (dc, wc)), oc) in codes
-                .chunks_exact(8)
-                .zip(ys.chunks_exact(8))
-                .zip(dt.chunks_exact(8).zip(wt.chunks_exact(8)))
-                .zip(os.chunks_exact_mut(8))
-            {
-                for l in 0..8 {
-                    let v = dc[l] + off;
-                    let c = cc[l];
-                    let zy = yc[l] * inv_eps + v;
-                    let r = round_i((zy - c as i32 as f32) * inv_q);
-                    let k = c.wrapping_add(r << B) as i32;
-                    hash[l] = hash[l].wrapping_add(r.wrapping_mul(wc[l]));
-                    oc[l] = (k as f32 - v) * eps;
-                }
+            let mut h = 0u32;
+            for i in 0..BLOCK {
+                let v = dt[i] + off;
+                let c = codes[i];
+                let zy = ys[i] * inv_eps + v;
+                let r = round_i((zy - c as i32 as f32) * inv_q);
+                let k = c.wrapping_add(r << B) as i32;
+                h = h.wrapping_add(r.wrapping_mul(wt[i]));
+                os[i] = (k as f32 - v) * eps;
             }
+            hash = hash.wrapping_add(h);
         });
         let want = u32::from_le_bytes([
             a.checks[4 * b],
@@ -305,7 +294,7 @@ fn decode_body<const B: usize>(
             a.checks[4 * b + 2],
             a.checks[4 * b + 3],
         ]);
-        if fold_hash(hash) != want {
+        if hash != want {
             failed += 1;
         }
     }
@@ -332,6 +321,7 @@ impl Codec for LatticeCodec {
                 if !m.is_finite() {
                     return Err(QuantError::NonFinite);
                 }
+                self.last_max_abs = m;
                 self.safety * 2.0 * m / ((q - 1.0) / 2.0)
             }
         };
@@ -363,7 +353,7 @@ impl Codec for LatticeCodec {
                 Err(Stop::NonFinite)
             );
             match r {
-                Ok(m) => break Ok(m),
+                Ok(()) => break Ok(()),
                 Err(Stop::NonFinite) => break Err(QuantError::NonFinite),
                 Err(Stop::Retry) if retried => {
                     break Err(QuantError::InvalidParameter(
@@ -376,20 +366,17 @@ impl Codec for LatticeCodec {
                     if !m.is_finite() {
                         break Err(QuantError::NonFinite);
                     }
+                    self.last_max_abs = m;
                     eps = eps.max(2.0 * m / LIMIT).clamp(MIN_EPS, MAX_EPS);
                 }
             }
         };
         self.dither = dither;
         self.weights = weights;
-        let max_seen = match result {
-            Ok(m) => m,
-            Err(e) => {
-                out.clear();
-                return Err(e);
-            }
-        };
-        self.last_max_abs = max_seen;
+        if let Err(e) = result {
+            out.clear();
+            return Err(e);
+        }
         self.last_eps = eps;
         put_header(head, Kind::Lattice, len);
         head[8] = self.bits as u8;

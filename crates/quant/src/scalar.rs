@@ -233,7 +233,6 @@ fn minmax_encode<const B: usize>(
         ),
         Rounding::Stochastic => {
             let mut rng = LaneRng::new(seed);
-            let mut u = [0f32; BLOCK];
             encode_bucketed::<B, 2, MinMaxK>(
                 x,
                 bucket,
@@ -241,6 +240,7 @@ fn minmax_encode<const B: usize>(
                 codes,
                 |xb| minmax_prep(xb, qmax),
                 |k, xs, cs| {
+                    let mut u = [0f32; BLOCK];
                     rng.fill(&mut u);
                     for ((c, &v), &r) in cs.iter_mut().zip(xs.iter()).zip(u.iter()) {
                         let t = (v - k.lo) * k.inv + (r - 0.5);
@@ -483,7 +483,6 @@ impl Codec for TernGradCodec {
         let bucket = 1usize << self.bucket_log2;
         self.counter = self.counter.wrapping_add(1);
         let mut rng = LaneRng::new(nonce(self.seed, self.counter));
-        let mut u = [0f32; BLOCK];
         size_output(out, Self::encoded_len(self.bucket_log2, x.len()));
         let (head, params, codes) = regions(out, 4 * x.len().div_ceil(bucket));
         let r = encode_bucketed::<2, 1, f32>(
@@ -499,6 +498,7 @@ impl Codec for TernGradCodec {
                 Ok(([s], if s > 0.0 { 1.0 / s } else { 0.0 }))
             },
             |&inv, xs, cs| {
+                let mut u = [0f32; BLOCK];
                 rng.fill(&mut u);
                 for ((c, v), &r) in cs.iter_mut().zip(xs.iter()).zip(u.iter()) {
                     let p = f32::from_bits(v.to_bits() & 0x7fff_ffff) * inv;
@@ -546,10 +546,12 @@ impl Codec for TernGradCodec {
                 Ok(s)
             },
             |&s, cs, os| {
+                let mut b = 0;
                 for (o, &c) in os.iter_mut().zip(cs.iter()) {
-                    bad |= c & (c >> 1);
+                    b |= c & (c >> 1);
                     *o = (c as i32 - 1) as f32 * s;
                 }
+                bad |= b;
             },
         )?;
         if bad != 0 {
@@ -616,7 +618,6 @@ fn qsgd_encode<const B: usize>(
 ) -> Result<(), QuantError> {
     let s = levels as f32;
     let mut rng = LaneRng::new(seed);
-    let mut u = [0f32; BLOCK];
     encode_bucketed::<B, 1, f32>(
         x,
         bucket,
@@ -636,6 +637,7 @@ fn qsgd_encode<const B: usize>(
             Ok(([norm], if norm > 0.0 { s / norm } else { 0.0 }))
         },
         |&scale, xs, cs| {
+            let mut u = [0f32; BLOCK];
             rng.fill(&mut u);
             for ((c, v), &r) in cs.iter_mut().zip(xs.iter()).zip(u.iter()) {
                 let a = f32::from_bits(v.to_bits() & 0x7fff_ffff) * scale;
@@ -669,11 +671,13 @@ fn qsgd_decode<const B: usize>(
             Ok(norm / s)
         },
         |&step, cs, os| {
+            let mut b = 0;
             for (o, &c) in os.iter_mut().zip(cs.iter()) {
                 let c = c as i32;
-                bad |= (c > lim) as u32;
+                b |= (c > lim) as u32;
                 *o = (c as f32 - s) * step;
             }
+            bad |= b;
         },
     )?;
     if bad != 0 {

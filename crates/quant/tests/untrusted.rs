@@ -133,14 +133,28 @@ fn huge_announced_lengths_do_not_allocate() {
     ));
 }
 
-/// Reference packer: code i at bits i*b.. of a little-endian bit string.
+/// Reference packer: blocks of 64 codes; full blocks at widths 4, 8, 16 are vertical (2B
+/// little-endian u32 words, word w holding codes w, w+2B, ... from the low bits up); all else is
+/// sequential (code i at bits i*b.. of a little-endian bit string).
 fn reference_pack(codes: &[u32], bits: u32) -> Vec<u8> {
-    let mut out = vec![0u8; (codes.len() * bits as usize).div_ceil(8)];
-    for (i, &c) in codes.iter().enumerate() {
-        for j in 0..bits as usize {
-            if c >> j & 1 == 1 {
-                let pos = i * bits as usize + j;
-                out[pos / 8] |= 1 << (pos % 8);
+    let b = bits as usize;
+    let mut out = vec![0u8; (codes.len() * b).div_ceil(8)];
+    let mut set = |pos: usize| out[pos / 8] |= 1 << (pos % 8);
+    for (blk, chunk) in codes.chunks(64).enumerate() {
+        let base = blk * 64 * b;
+        let vertical = chunk.len() == 64 && matches!(bits, 4 | 8 | 16);
+        for (i, &c) in chunk.iter().enumerate() {
+            let start = if vertical {
+                let lanes = 2 * b;
+                let (w, j) = (i % lanes, i / lanes);
+                base + 32 * w + j * b
+            } else {
+                base + i * b
+            };
+            for k in 0..b {
+                if c >> k & 1 == 1 {
+                    set(start + k);
+                }
             }
         }
     }
