@@ -65,7 +65,10 @@ pub(crate) fn pack_block_seq<const B: usize>(codes: &[u32; BLOCK], out: &mut [u8
 #[inline(always)]
 pub(crate) fn unpack_block_seq<const B: usize>(bytes: &[u8], codes: &mut [u32; BLOCK]) {
     let mask = (1u128 << B) - 1;
-    for (c, b) in codes.chunks_exact_mut(8).zip(bytes[..8 * B].chunks_exact(B)) {
+    for (c, b) in codes
+        .chunks_exact_mut(8)
+        .zip(bytes[..8 * B].chunks_exact(B))
+    {
         let mut a = [0u8; 16];
         a[..B].copy_from_slice(b);
         let acc = u128::from_le_bytes(a);

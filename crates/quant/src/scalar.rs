@@ -93,6 +93,9 @@ fn decode_bucketed<const B: usize, const P: usize, K>(
     Ok(())
 }
 
+/// A parsed scalar payload: bucket log2, codec byte, codec u16 field, parameters, codes.
+type ScalarParts<'a> = (u32, u8, u16, &'a [u8], &'a [u8]);
+
 /// Reads the 4 codec bytes and returns (bucket log2, byte1, u16 field) and the parameter and code
 /// regions, after checking the total size.
 fn read_scalar<'a>(
@@ -101,7 +104,7 @@ fn read_scalar<'a>(
     d: usize,
     params_per_bucket: usize,
     bits_of: impl FnOnce(u8, u16) -> Result<u32, QuantError>,
-) -> Result<(u32, u8, u16, &'a [u8], &'a [u8]), QuantError> {
+) -> Result<ScalarParts<'a>, QuantError> {
     let mut r: Reader<'a> = check_header(bytes, kind, d)?;
     let log2 = r.u8()? as u32;
     let b1 = r.u8()?;

@@ -1,4 +1,5 @@
 //! Sizes, accuracy, unbiasedness and variance of the codecs, top-k selection, error feedback.
+#![allow(clippy::unwrap_used)] // tests and benches fail loudly by design
 
 mod common;
 

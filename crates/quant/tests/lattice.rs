@@ -1,4 +1,5 @@
 //! Lattice codec: exact decode inside the safe radius, reported failure beyond it, sizes.
+#![allow(clippy::unwrap_used)] // tests and benches fail loudly by design
 
 use proptest::prelude::*;
 use quant::{Codec, LatticeCodec};

@@ -1,5 +1,6 @@
 //! Decoders facing hostile bytes: mutated, truncated, extended, foreign and random payloads
 //! must give `Ok` or `Err`, never a panic; and bit packing matches a reference layout.
+#![allow(clippy::unwrap_used)] // tests and benches fail loudly by design
 
 mod common;
 
