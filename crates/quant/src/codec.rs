@@ -55,11 +55,11 @@ impl Codec for IdentityCodec {
         let len = u32::try_from(x.len())
             .map_err(|_| QuantError::InvalidParameter(format!("{} values exceed u32", x.len())))?;
         out.clear();
-        out.reserve(8 + 4 * x.len());
-        out.extend_from_slice(&IDENTITY_MAGIC);
-        out.extend_from_slice(&len.to_le_bytes());
-        for v in x {
-            out.extend_from_slice(&v.to_le_bytes());
+        out.resize(8 + 4 * x.len(), 0);
+        out[..4].copy_from_slice(&IDENTITY_MAGIC);
+        out[4..8].copy_from_slice(&len.to_le_bytes());
+        for (chunk, v) in out[8..].chunks_exact_mut(4).zip(x) {
+            chunk.copy_from_slice(&v.to_le_bytes());
         }
         Ok(())
     }

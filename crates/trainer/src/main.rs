@@ -1,0 +1,114 @@
+//! `swarm`: train with SwarmSGD, inspect topologies.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use trainer::config::TrainArgs;
+
+#[derive(Parser)]
+#[command(
+    name = "swarm",
+    version,
+    about = "Asynchronous decentralized SGD with quantized and local updates"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model with SwarmSGD (or all-reduce) on N nodes in this process.
+    Train(TrainArgs),
+    /// Communication graphs: generate, analyse, export; hardware locality.
+    #[command(subcommand)]
+    Topo(TopoCommand),
+}
+
+#[derive(Subcommand)]
+enum TopoCommand {
+    /// Generate a graph and print its statistics and/or an export.
+    Gen {
+        /// Kind: complete, ring, torus2d[:RxC], torus3d[:AxBxC], hypercube, regular:R, erdos-renyi:P,
+        /// star, exponential, slimfly:Q, file:PATH.
+        #[arg(long)]
+        kind: String,
+        /// Number of nodes (0 or absent where the kind fixes it).
+        #[arg(long, default_value_t = 0)]
+        n: usize,
+        /// Degree for `regular`.
+        #[arg(long)]
+        degree: Option<usize>,
+        /// Seed for random kinds.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print connectivity, degrees, diameter, spectral gap and mixing bound.
+        #[arg(long)]
+        stats: bool,
+        /// Print the graph as edges, dot or json.
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// NUMA nodes and the CPUs nearest each RDMA device.
+    Hw,
+}
+
+fn topo(cmd: TopoCommand) -> Result<(), String> {
+    match cmd {
+        TopoCommand::Gen {
+            kind,
+            n,
+            degree,
+            seed,
+            stats,
+            format,
+        } => {
+            let mut spec: topology::TopologySpec =
+                kind.parse().map_err(|e| format!("--kind: {e}"))?;
+            if let Some(r) = degree {
+                spec = spec.with_degree(r).map_err(|e| format!("--degree: {e}"))?;
+            }
+            let graph = spec.build(n, seed).map_err(|e| e.to_string())?;
+            if stats || format.is_none() {
+                print!("{}", topology::Stats::compute(&graph));
+            }
+            if let Some(f) = format {
+                let f: topology::export::Format =
+                    f.parse().map_err(|e| format!("--format: {e}"))?;
+                print!("{}", topology::export::render(&graph, f));
+            }
+            Ok(())
+        }
+        TopoCommand::Hw => {
+            print!("{}", topology::hw::report().map_err(|e| e.to_string())?);
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(args) => args.resolve().and_then(|cfg| trainer::train::train(&cfg)).map(|s| {
+            println!(
+                "{} on {} nodes: final test accuracy {:.2}% (averaged model), mean node {:.2}%, {:.2} s/epoch, {} bytes sent, {} interactions; outputs in {}",
+                s.algo,
+                s.nodes,
+                100.0 * s.final_test_accuracy,
+                100.0 * s.mean_node_test_accuracy,
+                s.seconds_per_epoch,
+                s.bytes_sent_total,
+                s.interactions,
+                s.config.out.display()
+            );
+        }).map_err(|e| e.to_string()),
+        Command::Topo(cmd) => topo(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("swarm: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! Models whose parameters are views into one flat f32 tensor, in a fixed (by-name) order, so that
+//! the averaging code sees the whole model as one `&mut [f32]` and every node has the same layout.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tch::{Kind, Tensor};
+
+use crate::data::Split;
+use crate::flat::with_f32_slice_mut;
+use crate::TrainError;
+
+/// The built-in architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// Input -> Linear(hidden) -> ReLU -> Linear(classes).
+    Mlp {
+        /// Width of the hidden layer.
+        hidden: usize,
+    },
+    /// Conv5x5(16) -> ReLU -> MaxPool2 -> Conv5x5(32) -> ReLU -> MaxPool2 -> Linear(classes).
+    Cnn,
+}
+
+impl fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelKind::Mlp { hidden } => write!(f, "mlp:{hidden}"),
+            ModelKind::Cnn => f.write_str("cnn"),
+        }
+    }
+}
+
+impl FromStr for ModelKind {
+    type Err = TrainError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "mlp" => Ok(ModelKind::Mlp { hidden: 256 }),
+            "cnn" => Ok(ModelKind::Cnn),
+            _ => match s.strip_prefix("mlp:").map(str::parse::<usize>) {
+                Some(Ok(hidden)) if hidden > 0 => Ok(ModelKind::Mlp { hidden }),
+                _ => Err(TrainError::Config(format!(
+                    "model '{s}' is not one of mlp, mlp:HIDDEN (HIDDEN >= 1), cnn"
+                ))),
+            },
+        }
+    }
+}
+
+/// Name, shape and place of one parameter inside the flat buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamSpec {
+    /// PyTorch-style name, e.g. `fc1.weight`.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<i64>,
+    /// Offset in the flat buffer, in elements.
+    pub offset: usize,
+    /// Number of elements.
+    pub numel: usize,
+    /// Fan-in used for initialisation.
+    fan_in: usize,
+}
+
+/// A model: its layout, one flat parameter tensor, and one leaf tensor per parameter that shares
+/// the flat tensor's storage (so gradients stay per parameter, with no backward pass through views).
+pub struct FlatModel {
+    kind: ModelKind,
+    specs: Vec<ParamSpec>,
+    flat: Tensor,
+    leaves: Vec<Tensor>,
+    dim: usize,
+    image_shape: (usize, usize),
+}
+
+fn layout(
+    kind: ModelKind,
+    image: (usize, usize),
+    classes: usize,
+) -> Result<Vec<ParamSpec>, TrainError> {
+    let features = image.0 * image.1;
+    let mut raw: Vec<(&str, Vec<usize>, usize)> = match kind {
+        ModelKind::Mlp { hidden } => vec![
+            ("fc1.weight", vec![hidden, features], features),
+            ("fc1.bias", vec![hidden], features),
+            ("fc2.weight", vec![classes, hidden], hidden),
+            ("fc2.bias", vec![classes], hidden),
+        ],
+        ModelKind::Cnn => {
+            if image.0 < 12 || image.1 < 12 {
+                return Err(TrainError::Config(format!(
+                    "the cnn needs images of at least 12x12, the data has {}x{}",
+                    image.0, image.1
+                )));
+            }
+            let pooled = ((image.0 - 4) / 2 - 4) / 2 * (((image.1 - 4) / 2 - 4) / 2);
+            vec![
+                ("conv1.weight", vec![16, 1, 5, 5], 25),
+                ("conv1.bias", vec![16], 25),
+                ("conv2.weight", vec![32, 16, 5, 5], 400),
+                ("conv2.bias", vec![32], 400),
+                ("fc.weight", vec![classes, 32 * pooled], 32 * pooled),
+                ("fc.bias", vec![classes], 32 * pooled),
+            ]
+        }
+    };
+    raw.sort_by(|a, b| a.0.cmp(b.0));
+    let mut offset = 0;
+    Ok(raw
+        .into_iter()
+        .map(|(name, shape, fan_in)| {
+            let numel: usize = shape.iter().product();
+            let spec = ParamSpec {
+                name: name.to_string(),
+                shape: shape.iter().map(|&s| s as i64).collect(),
+                offset,
+                numel,
+                fan_in,
+            };
+            offset += numel;
+            spec
+        })
+        .collect())
+}
+
+impl FlatModel {
+    /// A model for images of `image` pixels and `classes` classes, initialised from `seed` like
+    /// PyTorch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases.
+    pub fn new(
+        kind: ModelKind,
+        image: (usize, usize),
+        classes: usize,
+        seed: u64,
+    ) -> Result<Self, TrainError> {
+        let specs = layout(kind, image, classes)?;
+        let dim = specs.iter().map(|s| s.numel).sum();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut init = vec![0.0f32; dim];
+        for spec in &specs {
+            let bound = 1.0 / (spec.fan_in as f32).sqrt();
+            for v in &mut init[spec.offset..spec.offset + spec.numel] {
+                *v = rng.random_range(-bound..bound);
+            }
+        }
+        let flat = Tensor::from_slice(&init);
+        let leaves = specs
+            .iter()
+            .map(|s| {
+                flat.narrow(0, s.offset as i64, s.numel as i64)
+                    .view(s.shape.as_slice())
+                    .detach()
+                    .set_requires_grad(true)
+            })
+            .collect();
+        Ok(FlatModel {
+            kind,
+            specs,
+            flat,
+            leaves,
+            dim,
+            image_shape: image,
+        })
+    }
+
+    /// Number of parameters.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The architecture.
+    pub fn kind(&self) -> ModelKind {
+        self.kind
+    }
+
+    /// The parameters' names, shapes and offsets.
+    pub fn specs(&self) -> &[ParamSpec] {
+        &self.specs
+    }
+
+    fn by_name(&self, name: &str) -> &Tensor {
+        let k = self.specs.iter().position(|s| s.name == name).unwrap_or(0);
+        &self.leaves[k]
+    }
+
+    /// Logits for a batch `[b, features]`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        match self.kind {
+            ModelKind::Mlp { .. } => x
+                .linear(self.by_name("fc1.weight"), Some(self.by_name("fc1.bias")))
+                .relu()
+                .linear(self.by_name("fc2.weight"), Some(self.by_name("fc2.bias"))),
+            ModelKind::Cnn => {
+                let (h, w) = self.image_shape;
+                let b = x.size()[0];
+                x.view([b, 1, h as i64, w as i64])
+                    .conv2d(
+                        self.by_name("conv1.weight"),
+                        Some(self.by_name("conv1.bias")),
+                        [1, 1],
+                        [0, 0],
+                        [1, 1],
+                        1,
+                    )
+                    .relu()
+                    .max_pool2d_default(2)
+                    .conv2d(
+                        self.by_name("conv2.weight"),
+                        Some(self.by_name("conv2.bias")),
+                        [1, 1],
+                        [0, 0],
+                        [1, 1],
+                        1,
+                    )
+                    .relu()
+                    .max_pool2d_default(2)
+                    .flatten(1, -1)
+                    .linear(self.by_name("fc.weight"), Some(self.by_name("fc.bias")))
+            }
+        }
+    }
+
+    /// Computes the mean cross-entropy of a batch and leaves its gradient in the flat gradient.
+    pub fn backward(&mut self, x: &Tensor, y: &Tensor) -> f64 {
+        for p in &mut self.leaves {
+            p.zero_grad();
+        }
+        let loss = self.forward(x).cross_entropy_for_logits(y);
+        loss.backward();
+        loss.double_value(&[])
+    }
+
+    /// `params -= lr * grad`, in one pass over each parameter and its gradient.
+    pub fn sgd_step(&mut self, lr: f64) {
+        let lr = lr as f32;
+        let (specs, leaves) = (&self.specs, &self.leaves);
+        with_f32_slice_mut(&mut self.flat, self.dim, |params| {
+            for (spec, leaf) in specs.iter().zip(leaves) {
+                let mut grad = leaf.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                let p = &mut params[spec.offset..spec.offset + spec.numel];
+                with_f32_slice_mut(&mut grad, spec.numel, |g| {
+                    for (w, d) in p.iter_mut().zip(g.iter()) {
+                        *w -= lr * *d;
+                    }
+                });
+            }
+        });
+    }
+
+    /// Runs `f` on the parameters as one mutable slice (no copy).
+    pub fn with_params_mut<R>(&mut self, f: impl FnOnce(&mut [f32]) -> R) -> R {
+        with_f32_slice_mut(&mut self.flat, self.dim, f)
+    }
+
+    /// Runs `f` on the gradient of the last [`FlatModel::backward`], laid out like the parameters,
+    /// and stores what `f` leaves in the buffer back as the gradient.
+    pub fn with_grad_mut<R>(
+        &mut self,
+        buf: &mut Vec<f32>,
+        f: impl FnOnce(&mut [f32]) -> R,
+    ) -> Result<R, TrainError> {
+        buf.resize(self.dim, 0.0);
+        for (spec, p) in self.specs.iter().zip(&self.leaves) {
+            let grad = p.grad();
+            if !grad.defined() {
+                return Err(TrainError::Node(
+                    "no gradient: call backward before reducing gradients".into(),
+                ));
+            }
+            grad.f_copy_data(&mut buf[spec.offset..spec.offset + spec.numel], spec.numel)
+                .map_err(|e| TrainError::Node(format!("reading gradient {}: {e}", spec.name)))?;
+        }
+        let r = f(buf);
+        for (spec, p) in self.specs.iter().zip(&self.leaves) {
+            let mut grad = p.grad();
+            with_f32_slice_mut(&mut grad, spec.numel, |g| {
+                g.copy_from_slice(&buf[spec.offset..spec.offset + spec.numel])
+            });
+        }
+        Ok(r)
+    }
+
+    /// A copy of the parameters.
+    pub fn params(&mut self) -> Vec<f32> {
+        self.with_params_mut(|p| p.to_vec())
+    }
+
+    /// Overwrites the parameters.
+    pub fn load(&mut self, params: &[f32]) -> Result<(), TrainError> {
+        if params.len() != self.dim {
+            return Err(TrainError::Config(format!(
+                "cannot load {} values into a model of {} parameters",
+                params.len(),
+                self.dim
+            )));
+        }
+        self.with_params_mut(|p| p.copy_from_slice(params));
+        Ok(())
+    }
+
+    /// Mean loss and accuracy on a split, in batches of 1000 examples.
+    pub fn evaluate(&self, split: &Split) -> (f64, f64) {
+        tch::no_grad(|| {
+            let mut loss = 0.0;
+            let mut correct = 0i64;
+            for start in (0..split.len()).step_by(1000) {
+                let end = (start + 1000).min(split.len());
+                let x =
+                    Tensor::from_slice(&split.images[start * split.features..end * split.features])
+                        .view([(end - start) as i64, split.features as i64]);
+                let labels: Vec<i64> = split.labels[start..end]
+                    .iter()
+                    .map(|&l| i64::from(l))
+                    .collect();
+                let y = Tensor::from_slice(&labels);
+                let logits = self.forward(&x);
+                loss +=
+                    logits.cross_entropy_for_logits(&y).double_value(&[]) * (end - start) as f64;
+                correct += logits
+                    .argmax(-1, false)
+                    .eq_tensor(&y)
+                    .sum(Kind::Int64)
+                    .int64_value(&[]);
+            }
+            let n = split.len().max(1) as f64;
+            (loss / n, correct as f64 / n)
+        })
+    }
+
+    /// The parameters as named tensors of their real shapes (for safetensors files).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        self.specs
+            .iter()
+            .zip(&self.leaves)
+            .map(|(s, p)| (s.name.clone(), p.detach().copy()))
+            .collect()
+    }
+}
+
+/// A training batch built from example indices.
+pub fn batch(split: &Split, indices: &[usize]) -> (Tensor, Tensor) {
+    let mut pixels = Vec::with_capacity(indices.len() * split.features);
+    let mut labels = Vec::with_capacity(indices.len());
+    for &i in indices {
+        pixels.extend_from_slice(split.image(i));
+        labels.push(i64::from(split.labels[i]));
+    }
+    (
+        Tensor::from_slice(&pixels).view([indices.len() as i64, split.features as i64]),
+        Tensor::from_slice(&labels),
+    )
+}

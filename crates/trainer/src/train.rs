@@ -1,0 +1,609 @@
+//! The training runs: SwarmSGD and synchronous all-reduce SGD, one thread per node.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+use swarm_core::{InProcessFabric, NodeStats, SwarmNode};
+
+use crate::config::{Algo, Resolved};
+use crate::data::{load_idx_dir, Split};
+use crate::model::{batch, FlatModel, ModelKind};
+use crate::TrainError;
+
+/// One evaluation of the nodes' averaged model.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalRow {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's steps of all nodes.
+    pub train_loss: f64,
+    /// Test loss of the averaged model.
+    pub test_loss: f64,
+    /// Test accuracy of the averaged model.
+    pub test_accuracy: f64,
+    /// Training time so far, evaluations excluded.
+    pub train_seconds: f64,
+    /// Bytes moved between nodes so far.
+    pub bytes_sent_total: u64,
+    /// Interactions (swarm) or all-reduce rounds so far.
+    pub interactions: u64,
+    /// Sum over nodes of the squared distance of their model to the average.
+    pub model_spread: f64,
+}
+
+/// What `summary.json` holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Algorithm.
+    pub algo: String,
+    /// Nodes.
+    pub nodes: usize,
+    /// Test accuracy of the nodes' averaged model after training.
+    pub final_test_accuracy: f64,
+    /// Mean over nodes of each node's own model's test accuracy.
+    pub mean_node_test_accuracy: f64,
+    /// Lowest node test accuracy.
+    pub min_node_test_accuracy: f64,
+    /// Bytes moved between nodes: models read and corrections written (swarm); for all-reduce,
+    /// the volume a ring all-reduce sends, 2 (n - 1) / n * model bytes per node and step.
+    pub bytes_sent_total: u64,
+    /// Interactions (swarm) or all-reduce rounds.
+    pub interactions: u64,
+    /// Local SGD steps of all nodes.
+    pub local_steps_total: u64,
+    /// Wall time of the whole run, data loading and evaluations included.
+    pub wall_seconds: f64,
+    /// Training time, evaluations excluded.
+    pub train_seconds: f64,
+    /// `train_seconds / epochs`.
+    pub seconds_per_epoch: f64,
+    /// Parameters per model.
+    pub parameters: usize,
+    /// Per-node counters (swarm).
+    pub node_stats: Vec<NodeStats>,
+    /// The configuration.
+    pub config: crate::config::TrainConfig,
+}
+
+enum NodeMsg {
+    /// A node's model at the end of an epoch.
+    Snapshot {
+        node: usize,
+        params: Vec<f32>,
+        loss_sum: f64,
+        steps: u64,
+        stats: NodeStats,
+    },
+    /// A node failed; the run stops.
+    Failed { node: usize, error: String },
+}
+
+/// Everything a node thread needs.
+struct Shared {
+    train: Split,
+    parts: Vec<Vec<usize>>,
+    kind: ModelKind,
+    classes: usize,
+    steps_per_epoch: usize,
+    epochs: usize,
+    batch_size: usize,
+    lr: f64,
+    seed: u64,
+    /// End of an epoch: every node stopped stepping (and, for swarm, may fold its inbox).
+    stopped: Barrier,
+    /// The coordinator evaluated; nodes may go on.
+    resumed: Barrier,
+    abort: AtomicBool,
+    steps_done: AtomicU64,
+}
+
+/// Runs the configured training and writes metrics.csv, summary.json and model.safetensors.
+pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
+    let started = Instant::now();
+    tch::set_num_threads(1);
+    let n = cfg.raw.nodes;
+    let mut data = load_idx_dir(&cfg.data)?;
+    if let Some(k) = cfg.raw.train_subset {
+        data.train = data.train.truncated(k);
+    }
+    if let Some(k) = cfg.raw.test_subset {
+        data.test = data.test.truncated(k);
+    }
+    if data.train.len() < n {
+        return Err(TrainError::Config(format!(
+            "{} training examples cannot feed {n} nodes",
+            data.train.len()
+        )));
+    }
+    let graph = cfg
+        .topology
+        .build(n, cfg.raw.seed)
+        .map_err(|e| TrainError::Config(format!("topology: {e}")))?;
+    let neighbours: Vec<Vec<usize>> = (0..n).map(|i| graph.neighbours(i).to_vec()).collect();
+    let parts = cfg.partition.split(&data.train.labels, n, cfg.raw.seed)?;
+    let classes = data.train.classes().max(data.test.classes());
+    let probe = FlatModel::new(cfg.model, data.train.shape, classes, cfg.raw.seed)?;
+    let dim = probe.dim();
+    std::fs::create_dir_all(&cfg.raw.out).map_err(|e| {
+        TrainError::Output(format!(
+            "cannot create output directory {}: {e}",
+            cfg.raw.out.display()
+        ))
+    })?;
+
+    let steps_per_epoch = data.train.len().div_ceil(n * cfg.raw.batch_size);
+    let shared = Arc::new(Shared {
+        train: data.train.clone(),
+        parts,
+        kind: cfg.model,
+        classes,
+        steps_per_epoch,
+        epochs: cfg.raw.epochs,
+        batch_size: cfg.raw.batch_size,
+        lr: cfg.raw.lr,
+        seed: cfg.raw.seed,
+        stopped: Barrier::new(n),
+        resumed: Barrier::new(n + 1),
+        abort: AtomicBool::new(false),
+        steps_done: AtomicU64::new(0),
+    });
+    let (tx, rx) = mpsc::channel();
+    let training_started = Instant::now();
+    let handles = match cfg.raw.algo {
+        Algo::Swarm => spawn_swarm(cfg, &shared, &neighbours, dim, &tx)?,
+        Algo::Allreduce => spawn_allreduce(&shared, dim, &tx),
+    };
+    drop(tx);
+
+    let total_steps = (steps_per_epoch * cfg.raw.epochs * n) as u64;
+    let bar = if cfg.raw.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total_steps)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {percent:>3}% {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut rows = Vec::new();
+    let mut eval_seconds = 0.0;
+    let mut last = None;
+    let mut failure = None;
+    for epoch in 1..=cfg.raw.epochs {
+        let mut snapshots: Vec<Option<(Vec<f32>, NodeStats)>> = vec![None; n];
+        let (mut loss_sum, mut steps) = (0.0, 0u64);
+        let mut received = 0;
+        while received < n {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(NodeMsg::Snapshot {
+                    node,
+                    params,
+                    loss_sum: l,
+                    steps: s,
+                    stats,
+                }) => {
+                    snapshots[node] = Some((params, stats));
+                    loss_sum += l;
+                    steps += s;
+                    received += 1;
+                }
+                Ok(NodeMsg::Failed { node, error }) => {
+                    failure.get_or_insert(format!("node {node}: {error}"));
+                    shared.abort.store(true, Ordering::Relaxed);
+                    received += 1;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    failure.get_or_insert("a node thread exited unexpectedly".to_string());
+                    break;
+                }
+            }
+            bar.set_position(shared.steps_done.load(Ordering::Relaxed));
+        }
+        if failure.is_some() {
+            shared.abort.store(true, Ordering::Relaxed);
+            shared.resumed.wait();
+            break;
+        }
+        let eval_start = Instant::now();
+        let snapshots: Vec<(Vec<f32>, NodeStats)> = snapshots.into_iter().flatten().collect();
+        let models: Vec<&[f32]> = snapshots.iter().map(|(p, _)| p.as_slice()).collect();
+        let average: Vec<f32> = swarm_core::mean_of(models.iter().copied())
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
+        let mut eval_model = FlatModel::new(cfg.model, data.train.shape, classes, cfg.raw.seed)?;
+        eval_model.load(&average)?;
+        let (test_loss, test_accuracy) = eval_model.evaluate(&data.test);
+        let train_seconds = training_started.elapsed().as_secs_f64() - eval_seconds;
+        let (bytes, interactions) = match cfg.raw.algo {
+            Algo::Swarm => (
+                snapshots.iter().map(|(_, s)| s.bytes_sent()).sum(),
+                snapshots.iter().map(|(_, s)| s.interactions).sum(),
+            ),
+            Algo::Allreduce => {
+                let rounds = (epoch * steps_per_epoch) as u64;
+                (rounds * allreduce_bytes_per_round(n, dim), rounds)
+            }
+        };
+        let row = EvalRow {
+            epoch,
+            train_loss: loss_sum / steps.max(1) as f64,
+            test_loss,
+            test_accuracy,
+            train_seconds,
+            bytes_sent_total: bytes,
+            interactions,
+            model_spread: swarm_core::spread(models.iter().copied()),
+        };
+        bar.println(format!(
+            "epoch {epoch:>3}/{}  train loss {:.4}  test loss {:.4}  test acc {:.2}%  spread {:.3e}  {} sent  {} interactions  {:.2} s/epoch",
+            cfg.raw.epochs,
+            row.train_loss,
+            row.test_loss,
+            100.0 * row.test_accuracy,
+            row.model_spread,
+            human_bytes(row.bytes_sent_total),
+            row.interactions,
+            row.train_seconds / epoch as f64,
+        ));
+        rows.push(row);
+        eval_seconds += eval_start.elapsed().as_secs_f64();
+        last = Some((snapshots, eval_model));
+        shared.resumed.wait();
+    }
+    bar.finish_and_clear();
+    for h in handles {
+        let _ = h.join();
+    }
+    if let Some(f) = failure {
+        return Err(TrainError::Node(f));
+    }
+    let Some((snapshots, eval_model)) = last else {
+        return Err(TrainError::Node("no epoch completed".into()));
+    };
+    let mut node_accuracies = Vec::with_capacity(n);
+    let mut node_model = FlatModel::new(cfg.model, data.train.shape, classes, cfg.raw.seed)?;
+    for (params, _) in &snapshots {
+        node_model.load(params)?;
+        node_accuracies.push(node_model.evaluate(&data.test).1);
+    }
+    let final_row = rows
+        .last()
+        .cloned()
+        .ok_or_else(|| TrainError::Node("no evaluation".into()))?;
+    let summary = Summary {
+        algo: cfg.raw.algo.to_string(),
+        nodes: n,
+        final_test_accuracy: final_row.test_accuracy,
+        mean_node_test_accuracy: node_accuracies.iter().sum::<f64>() / n as f64,
+        min_node_test_accuracy: node_accuracies
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min),
+        bytes_sent_total: final_row.bytes_sent_total,
+        interactions: final_row.interactions,
+        local_steps_total: (steps_per_epoch * cfg.raw.epochs * n) as u64,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        train_seconds: final_row.train_seconds,
+        seconds_per_epoch: final_row.train_seconds / cfg.raw.epochs as f64,
+        parameters: dim,
+        node_stats: snapshots.into_iter().map(|(_, s)| s).collect(),
+        config: cfg.raw.clone(),
+    };
+    crate::report::write_outputs(&cfg.raw.out, &rows, &summary, &eval_model)?;
+    Ok(summary)
+}
+
+/// Bytes one ring all-reduce round sends, summed over nodes: each node sends 2 (n - 1) / n of the
+/// model (reduce-scatter, then all-gather).
+pub fn allreduce_bytes_per_round(n: usize, dim: usize) -> u64 {
+    (2 * (n as u64 - 1) * 4 * dim as u64) / n as u64 * n as u64
+}
+
+fn human_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else {
+        format!("{:.0} kB", b / 1e3)
+    }
+}
+
+/// A node's stream of minibatches over its own shard, reshuffled at each pass.
+struct Batches {
+    order: Vec<usize>,
+    cursor: usize,
+    rng: StdRng,
+}
+
+impl Batches {
+    fn new(shard: &[usize], seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut order = shard.to_vec();
+        order.shuffle(&mut rng);
+        Batches {
+            order,
+            cursor: 0,
+            rng,
+        }
+    }
+
+    fn next(&mut self, size: usize) -> Vec<usize> {
+        let mut out = Vec::with_capacity(size);
+        while out.len() < size {
+            if self.cursor == self.order.len() {
+                self.order.shuffle(&mut self.rng);
+                self.cursor = 0;
+            }
+            let take = (size - out.len()).min(self.order.len() - self.cursor);
+            out.extend_from_slice(&self.order[self.cursor..self.cursor + take]);
+            self.cursor += take;
+        }
+        out
+    }
+}
+
+/// The per-node loop shared by both algorithms. `after_step` runs after each gradient computation
+/// and must apply the update; `at_boundary` runs before each step and at the end of each epoch.
+fn node_loop(
+    node: usize,
+    shared: &Shared,
+    tx: &mpsc::Sender<NodeMsg>,
+    mut model: FlatModel,
+    mut at_boundary: impl FnMut(&mut FlatModel) -> Result<(), TrainError>,
+    mut after_step: impl FnMut(&mut FlatModel) -> Result<(), TrainError>,
+    stats: impl Fn() -> NodeStats,
+) {
+    let mut batches = Batches::new(
+        &shared.parts[node],
+        shared.seed ^ (node as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D),
+    );
+    for _epoch in 0..shared.epochs {
+        let mut loss_sum = 0.0;
+        let mut steps = 0u64;
+        let mut failed = None;
+        for _ in 0..shared.steps_per_epoch {
+            if shared.abort.load(Ordering::Relaxed) {
+                break;
+            }
+            let result = (|| {
+                at_boundary(&mut model)?;
+                let (x, y) = batch(&shared.train, &batches.next(shared.batch_size));
+                let loss = model.backward(&x, &y);
+                if !loss.is_finite() {
+                    return Err(TrainError::Node(format!(
+                        "loss became {loss}: lower the learning rate"
+                    )));
+                }
+                after_step(&mut model)?;
+                Ok(loss)
+            })();
+            match result {
+                Ok(loss) => {
+                    loss_sum += loss;
+                    steps += 1;
+                    shared.steps_done.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        shared.stopped.wait();
+        let msg = match failed.or_else(|| at_boundary(&mut model).err().map(|e| e.to_string())) {
+            Some(error) => NodeMsg::Failed { node, error },
+            None => NodeMsg::Snapshot {
+                node,
+                params: model.params(),
+                loss_sum,
+                steps,
+                stats: stats(),
+            },
+        };
+        let _ = tx.send(msg);
+        shared.resumed.wait();
+        if shared.abort.load(Ordering::Relaxed) {
+            return;
+        }
+    }
+}
+
+fn spawn_swarm(
+    cfg: &Resolved,
+    shared: &Arc<Shared>,
+    neighbours: &[Vec<usize>],
+    dim: usize,
+    tx: &mpsc::Sender<NodeMsg>,
+) -> Result<Vec<std::thread::JoinHandle<()>>, TrainError> {
+    let probe_len = cfg.quant.encoded_len(dim);
+    let capacity = probe_len.div_ceil(8) * 8 + 4 * dim + 64;
+    let fabric = InProcessFabric::new(neighbours.to_vec(), capacity)
+        .map_err(|e| TrainError::Node(e.to_string()))?;
+    let mut handles = Vec::new();
+    for (i, list) in neighbours.iter().enumerate() {
+        let codec = cfg
+            .quant
+            .build(cfg.raw.seed)
+            .map_err(|e| TrainError::Config(format!("quant: {e}")))?;
+        let endpoint = fabric
+            .endpoint(i)
+            .map_err(|e| TrainError::Node(e.to_string()))?;
+        let swarm = SwarmNode::new(
+            endpoint,
+            list.clone(),
+            dim,
+            cfg.interaction,
+            cfg.local_steps,
+            codec,
+            cfg.raw.seed,
+        )
+        .map_err(|e| TrainError::Config(e.to_string()))?;
+        let swarm = Arc::new(Mutex::new(swarm));
+        let shared = Arc::clone(shared);
+        let tx = tx.clone();
+        handles.push(std::thread::spawn(move || {
+            let model = match FlatModel::new(
+                shared.kind,
+                shared.train.shape,
+                shared.classes,
+                shared.seed,
+            ) {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = tx.send(NodeMsg::Failed {
+                        node: i,
+                        error: e.to_string(),
+                    });
+                    return;
+                }
+            };
+            let lr = shared.lr;
+            let lock = || swarm.lock().unwrap_or_else(|p| p.into_inner());
+            let mut model = model;
+            if let Err(e) = model.with_params_mut(|p| lock().publish(p)) {
+                let _ = tx.send(NodeMsg::Failed {
+                    node: i,
+                    error: e.to_string(),
+                });
+                return;
+            }
+            node_loop(
+                i,
+                &shared,
+                &tx,
+                model,
+                |m| {
+                    m.with_params_mut(|p| lock().step_boundary(p))
+                        .map(|_| ())
+                        .map_err(TrainError::from)
+                },
+                |m| {
+                    m.sgd_step(lr);
+                    m.with_params_mut(|p| lock().after_local_step(p))
+                        .map(|_| ())
+                        .map_err(TrainError::from)
+                },
+                || lock().stats().clone(),
+            );
+        }));
+    }
+    Ok(handles)
+}
+
+/// Sums gradients of all nodes in shared memory; two buffers alternate between steps.
+struct Reducer {
+    sums: [Mutex<(Vec<f32>, usize)>; 2],
+    added: Barrier,
+    n: usize,
+}
+
+impl Reducer {
+    /// Replaces `grad` with the mean of all nodes' `grad` for this `round`.
+    fn allreduce(&self, round: u64, grad: &mut [f32]) {
+        let (this, other) = ((round % 2) as usize, ((round + 1) % 2) as usize);
+        {
+            let mut guard = self.sums[this].lock().unwrap_or_else(|p| p.into_inner());
+            let (sum, count) = &mut *guard;
+            for (s, g) in sum.iter_mut().zip(grad.iter()) {
+                *s += *g;
+            }
+            *count += 1;
+            if *count == self.n {
+                // Everyone has read the previous round's buffer before adding to this one.
+                let mut other = self.sums[other].lock().unwrap_or_else(|p| p.into_inner());
+                other.0.fill(0.0);
+                other.1 = 0;
+            }
+        }
+        self.added.wait();
+        let guard = self.sums[this].lock().unwrap_or_else(|p| p.into_inner());
+        let scale = 1.0 / self.n as f32;
+        for (g, s) in grad.iter_mut().zip(guard.0.iter()) {
+            *g = *s * scale;
+        }
+    }
+}
+
+fn spawn_allreduce(
+    shared: &Arc<Shared>,
+    dim: usize,
+    tx: &mpsc::Sender<NodeMsg>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    let n = shared.parts.len();
+    let reducer = Arc::new(Reducer {
+        sums: [
+            Mutex::new((vec![0.0; dim], 0)),
+            Mutex::new((vec![0.0; dim], 0)),
+        ],
+        added: Barrier::new(n),
+        n,
+    });
+    (0..n)
+        .map(|i| {
+            let shared = Arc::clone(shared);
+            let reducer = Arc::clone(&reducer);
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let model = match FlatModel::new(
+                    shared.kind,
+                    shared.train.shape,
+                    shared.classes,
+                    shared.seed,
+                ) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let _ = tx.send(NodeMsg::Failed {
+                            node: i,
+                            error: e.to_string(),
+                        });
+                        return;
+                    }
+                };
+                let lr = shared.lr;
+                let rounds = AtomicU64::new(0);
+                let mut grad = Vec::new();
+                node_loop(
+                    i,
+                    &shared,
+                    &tx,
+                    model,
+                    |_| Ok(()),
+                    |m| {
+                        let round = rounds.fetch_add(1, Ordering::Relaxed);
+                        m.with_grad_mut(&mut grad, |g| reducer.allreduce(round, g))?;
+                        m.sgd_step(lr);
+                        Ok(())
+                    },
+                    || NodeStats {
+                        local_steps: rounds.load(Ordering::Relaxed),
+                        interactions: rounds.load(Ordering::Relaxed),
+                        ..NodeStats::default()
+                    },
+                );
+            })
+        })
+        .collect()
+}
+
+/// Evaluates a saved set of parameters (used by tests and `swarm eval`).
+pub fn evaluate_params(
+    kind: ModelKind,
+    split: &Split,
+    classes: usize,
+    params: &[f32],
+) -> Result<(f64, f64), TrainError> {
+    let mut model = FlatModel::new(kind, split.shape, classes, 0)?;
+    model.load(params)?;
+    Ok(model.evaluate(split))
+}
