@@ -205,7 +205,8 @@ impl InProcessEndpoint {
                 return Ok(ReadOutcome::NotPublished);
             }
             if before % 2 == 1 {
-                std::hint::spin_loop();
+                // The writer is mid-publish; it may have been descheduled, so let it run.
+                std::thread::yield_now();
                 continue;
             }
             let published = window.len.load(Ordering::Relaxed);

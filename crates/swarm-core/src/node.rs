@@ -29,6 +29,9 @@ pub struct NodeStats {
     pub decode_fallbacks: u64,
     /// Peer models rejected because they held non-finite values.
     pub rejected_non_finite: u64,
+    /// Peer models read consistently (each moves the encoded model; a failed decode then also
+    /// moves the full-precision copy).
+    pub models_read: u64,
     /// Bytes this node pulled from peers' windows.
     pub bytes_read: u64,
     /// Bytes this node wrote into peers' inboxes.
@@ -325,6 +328,7 @@ impl<T: Transport> SwarmNode<T> {
             .codec
             .decode(&self.read_buf, reference, &mut self.peer_model);
         self.stats.bytes_read += encoded_len as u64;
+        self.stats.models_read += 1;
         let decoded = matches!(report, Ok(r) if r.is_ok());
         if !decoded {
             if !self.carries_full_precision {
