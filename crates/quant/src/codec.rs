@@ -54,7 +54,7 @@ impl Codec for IdentityCodec {
     fn encode(&mut self, x: &[f32], out: &mut Vec<u8>) -> Result<(), QuantError> {
         let len = u32::try_from(x.len())
             .map_err(|_| QuantError::InvalidParameter(format!("{} values exceed u32", x.len())))?;
-        out.clear();
+        // Every byte is overwritten below: resizing without clearing avoids zero-filling.
         out.resize(8 + 4 * x.len(), 0);
         out[..4].copy_from_slice(&IDENTITY_MAGIC);
         out[4..8].copy_from_slice(&len.to_le_bytes());

@@ -174,7 +174,7 @@ pub fn average_into(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// The pairwise step for the initiator: `correction += (x - y) / 2` (what the partner must add to
+/// The pairwise step for the initiator: `correction <- (x - y) / 2` (what the partner must add to
 /// reach the average), then `x <- (x + y) / 2`. Since `x_new = x_old - (x_old - y) / 2`, the sum of
 /// the two models is unchanged once the partner adds the correction.
 pub fn pairwise_average(x: &mut [f32], y: &[f32], correction: &mut [f32]) {
@@ -186,7 +186,7 @@ pub fn pairwise_average(x: &mut [f32], y: &[f32], correction: &mut [f32]) {
     );
     for ((a, b), c) in x.iter_mut().zip(y).zip(correction.iter_mut()) {
         let half_gap = 0.5 * (*a - *b);
-        *c += half_gap;
+        *c = half_gap;
         *a -= half_gap;
     }
 }
@@ -276,7 +276,7 @@ mod tests {
     fn pairwise_average_conserves_the_sum() {
         let mut x = vec![1.0, -2.0, 5.0];
         let y = vec![3.0, 2.0, -1.0];
-        let mut c = vec![0.0; 3];
+        let mut c = vec![9.0; 3]; // overwritten, not accumulated
         pairwise_average(&mut x, &y, &mut c);
         assert_eq!(x, vec![2.0, 0.0, 2.0]);
         let mut partner = y.clone();

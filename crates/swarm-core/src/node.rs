@@ -258,12 +258,14 @@ impl<T: Transport> SwarmNode<T> {
             }
             Err(e) => return Err(e),
         }
-        self.codec
-            .observe_distance(linf_distance(params, &self.peer_model));
+        if self.carries_full_precision {
+            // Only quantizing codecs adapt their step to the distance between models.
+            self.codec
+                .observe_distance(linf_distance(params, &self.peer_model));
+        }
         match self.interaction {
             Interaction::Pull => average_into(params, &self.peer_model),
             Interaction::Pairwise => {
-                self.correction.fill(0.0);
                 pairwise_average(params, &self.peer_model, &mut self.correction);
                 if !self.deposit_correction(peer)? {
                     // Not delivered: undo our half so that the sum of models stays conserved.
