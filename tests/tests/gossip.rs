@@ -1,5 +1,7 @@
 //! The simulator on graphs from `topology`, with codecs from `quant`: the three crates together.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use quant::CodecSpec;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -1,5 +1,7 @@
 //! Properties of the averaging itself, checked on the deterministic simulator.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use swarm_core::{spread, Interaction, LeastSquares, LocalSteps, SimConfig, Simulator};

@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a model with SwarmSGD (or all-reduce) on N nodes in this process.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Communication graphs: generate, analyse, export; hardware locality.
     #[command(subcommand)]
     Topo(TopoCommand),

@@ -1,5 +1,7 @@
 //! End-to-end runs of the `swarm` binary on real Fashion-MNIST (Debian's dataset-fashion-mnist).
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::path::Path;
 use std::process::Command;
 
