@@ -16,37 +16,99 @@ use crate::QuantError;
 /// Codes per kernel block.
 pub(crate) const BLOCK: usize = 64;
 
-/// Vertical layout for `B` in {4, 8, 16}: the block's `8*B` bytes are `2*B` little-endian
-/// 32-bit words, and word `w` holds codes `w, w + 2B, w + 4B, ...` from its low bits up. Each
-/// word gathers codes a fixed stride apart, so packing is in-lane shifts and ors (no byte
-/// shuffles, which SSE2 lacks).
+/// Runs `$body` with `$i` bound to each of `0, 4, ..., 60` as straight-line code (a macro, not a
+/// closure, so that nothing stays out of line): with constant indices every 4-lane step becomes
+/// plain SSE operations, and no loop is left for the loop vectorizer to vectorize across the
+/// wrong dimension (it otherwise gathers across quads).
+macro_rules! for_quads {
+    ($i:ident => $body:expr) => {{
+        for_quads!(@ $i => $body; 0 4 8 12 16 20 24 28 32 36 40 44 48 52 56 60)
+    }};
+    (@ $i:ident => $body:expr; $($n:literal)*) => {{
+        $({
+            let $i: usize = $n;
+            $body;
+        })*
+    }};
+}
+
+/// Whether full blocks of width `B` use the vertical layout.
 #[inline(always)]
-fn pack_vertical<const B: usize>(codes: &[u32; BLOCK], out: &mut [u8]) {
-    let lanes = 2 * B;
-    let mut words = [0u32; 32];
-    for j in 0..32 / B {
-        for (w, word) in words[..lanes].iter_mut().enumerate() {
-            *word |= codes[w + j * lanes] << (j * B);
-        }
-    }
-    for (o, w) in out.chunks_exact_mut(4).zip(&words[..lanes]) {
-        o.copy_from_slice(&w.to_le_bytes());
+pub(crate) const fn is_vertical(b: usize) -> bool {
+    matches!(b, 1 | 2 | 4 | 8 | 16)
+}
+
+/// Words of a vertical block: `max(4, 2B)`; each holds `64 / lanes` codes (16 bits of codes for
+/// `B = 1`, 32 bits otherwise).
+#[inline(always)]
+const fn lanes(b: usize) -> usize {
+    if b < 2 {
+        4
+    } else {
+        2 * b
     }
 }
 
+/// Packs a vertical block (`B` in {1, 2, 4, 8, 16}) of the codes `code(i)` (codes `i..i+4`, for
+/// `i` in `(0..64).step_by(4)`),
+/// straight into `out` (`8*B` bytes): word `w` gathers codes `w, w + L, w + 2L, ...` (`L` the
+/// number of words) from its low bits up. Every word gathers codes a fixed stride apart, so the
+/// loop is in-lane shifts and ors at 4 lanes or more (no byte shuffles, which SSE2 lacks), and
+/// `code` is evaluated in index order, contiguous runs of `L`.
 #[inline(always)]
-fn unpack_vertical<const B: usize>(bytes: &[u8], codes: &mut [u32; BLOCK]) {
-    let lanes = 2 * B;
+pub(crate) fn pack_vertical<const B: usize>(
+    out: &mut [u8],
+    mut code: impl FnMut(usize) -> [u32; 4],
+) {
+    let l = lanes(B);
     let mask = ((1u64 << B) - 1) as u32;
     let mut words = [0u32; 32];
-    for (w, b) in words[..lanes].iter_mut().zip(bytes.chunks_exact(4)) {
-        *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    }
-    for j in 0..32 / B {
-        for (w, word) in words[..lanes].iter().enumerate() {
-            codes[w + j * lanes] = (word >> (j * B)) & mask;
+    for_quads!(i => {
+        let (j, w) = (i / l, i % l);
+        let c = code(i);
+        words[w] |= (c[0] & mask) << (j * B);
+        words[w + 1] |= (c[1] & mask) << (j * B);
+        words[w + 2] |= (c[2] & mask) << (j * B);
+        words[w + 3] |= (c[3] & mask) << (j * B);
+    });
+    if B == 1 {
+        for (o, w) in out[..8].chunks_exact_mut(2).zip(&words[..4]) {
+            o.copy_from_slice(&(*w as u16).to_le_bytes());
+        }
+    } else {
+        for (o, w) in out[..8 * B].chunks_exact_mut(4).zip(&words[..l]) {
+            o.copy_from_slice(&w.to_le_bytes());
         }
     }
+}
+
+/// Inverse of [`pack_vertical`]: calls `put(i, codes i..i+4)` for `i` in `(0..64).step_by(4)`.
+#[inline(always)]
+pub(crate) fn unpack_vertical<const B: usize>(bytes: &[u8], mut put: impl FnMut(usize, [u32; 4])) {
+    let l = lanes(B);
+    let mask = ((1u64 << B) - 1) as u32;
+    let mut words = [0u32; 32];
+    if B == 1 {
+        for (w, b) in words[..4].iter_mut().zip(bytes[..8].chunks_exact(2)) {
+            *w = u16::from_le_bytes([b[0], b[1]]) as u32;
+        }
+    } else {
+        for (w, b) in words[..l].iter_mut().zip(bytes[..8 * B].chunks_exact(4)) {
+            *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+    }
+    for_quads!(i => {
+        let (j, w) = (i / l, i % l);
+        put(
+            i,
+            [
+                (words[w] >> (j * B)) & mask,
+                (words[w + 1] >> (j * B)) & mask,
+                (words[w + 2] >> (j * B)) & mask,
+                (words[w + 3] >> (j * B)) & mask,
+            ],
+        );
+    });
 }
 
 /// Sequential layout for any width (used for every vector's last, partial block).
@@ -81,69 +143,20 @@ pub(crate) fn unpack_block_seq<const B: usize>(bytes: &[u8], codes: &mut [u32; B
 /// Packs one (full) block of codes (each already `< 2^B`) into `out` (`8*B` bytes).
 #[inline(always)]
 pub(crate) fn pack_block<const B: usize>(codes: &[u32; BLOCK], out: &mut [u8]) {
-    let out = &mut out[..8 * B];
-    match B {
-        4 | 8 | 16 => pack_vertical::<B>(codes, out),
-        2 => {
-            for (o, c) in out.iter_mut().zip(codes.chunks_exact(4)) {
-                *o = (c[0] | (c[1] << 2) | (c[2] << 4) | (c[3] << 6)) as u8;
-            }
-        }
-        1 => {
-            for (o, c) in out.iter_mut().zip(codes.chunks_exact(8)) {
-                let mut b = 0u32;
-                for (j, &v) in c.iter().enumerate() {
-                    b |= v << j;
-                }
-                *o = b as u8;
-            }
-        }
-        _ => {
-            for (o, c) in out.chunks_exact_mut(B).zip(codes.chunks_exact(8)) {
-                let mut acc = 0u128;
-                for (j, &v) in c.iter().enumerate() {
-                    acc |= (v as u128) << (j * B);
-                }
-                o.copy_from_slice(&acc.to_le_bytes()[..B]);
-            }
-        }
+    if is_vertical(B) {
+        pack_vertical::<B>(out, |i| quad(codes, i));
+    } else {
+        pack_block_seq::<B>(codes, out);
     }
 }
 
 /// Unpacks one block of codes from `bytes` (`8*B` bytes).
 #[inline(always)]
 pub(crate) fn unpack_block<const B: usize>(bytes: &[u8], codes: &mut [u32; BLOCK]) {
-    let bytes = &bytes[..8 * B];
-    match B {
-        4 | 8 | 16 => unpack_vertical::<B>(bytes, codes),
-        2 => {
-            for (c, b) in codes.chunks_exact_mut(4).zip(bytes.iter()) {
-                let b = *b as u32;
-                c[0] = b & 3;
-                c[1] = (b >> 2) & 3;
-                c[2] = (b >> 4) & 3;
-                c[3] = b >> 6;
-            }
-        }
-        1 => {
-            for (c, b) in codes.chunks_exact_mut(8).zip(bytes.iter()) {
-                let b = *b as u32;
-                for (j, v) in c.iter_mut().enumerate() {
-                    *v = (b >> j) & 1;
-                }
-            }
-        }
-        _ => {
-            let mask = (1u128 << B) - 1;
-            for (c, b) in codes.chunks_exact_mut(8).zip(bytes.chunks_exact(B)) {
-                let mut a = [0u8; 16];
-                a[..B].copy_from_slice(b);
-                let acc = u128::from_le_bytes(a);
-                for (j, v) in c.iter_mut().enumerate() {
-                    *v = ((acc >> (j * B)) & mask) as u32;
-                }
-            }
-        }
+    if is_vertical(B) {
+        unpack_vertical::<B>(bytes, |i, c| codes[i..i + 4].copy_from_slice(&c));
+    } else {
+        unpack_block_seq::<B>(bytes, codes);
     }
 }
 
@@ -239,38 +252,178 @@ pub(crate) fn decode_blocks<const B: usize>(
     }
 }
 
-fn pack_all<const B: usize>(codes: &[u32], out: &mut [u8]) {
-    let mask = if B == 32 { u32::MAX } else { (1u32 << B) - 1 };
-    let mut buf = [0u32; BLOCK];
-    for (cc, oc) in codes.chunks(BLOCK).zip(out.chunks_mut(8 * B)) {
-        buf[..cc.len()].copy_from_slice(cc);
-        buf[cc.len()..].fill(0);
-        for b in buf.iter_mut() {
-            *b &= mask;
+/// Four consecutive entries of a block starting at `i` (a multiple of 4).
+#[inline(always)]
+pub(crate) fn quad<T: Copy + Default>(a: &[T; BLOCK], i: usize) -> [T; 4] {
+    let mut q = [T::default(); 4];
+    q.copy_from_slice(&a[i & (BLOCK - 4)..][..4]);
+    q
+}
+
+/// A per-coordinate encoder run by [`encode_map`], 4 coordinates at a time (lane `t` of every
+/// call is coordinate `i + t`, so lane-wise state stays in one SSE register).
+pub(crate) trait EncodeKernel {
+    /// Called before block `blk` (of 64 coordinates) of the slice being encoded.
+    fn begin(&mut self, blk: usize);
+    /// The codes of coordinates `i..i+4` of the current block (`i` a multiple of 4), whose
+    /// values are `x` (only the low `B` bits are kept).
+    fn code(&mut self, i: usize, x: [f32; 4]) -> [u32; 4];
+    /// Whether to run [`EncodeKernel::code_block`] and pack its codes afterwards instead of
+    /// packing every 4 codes as they come.
+    const STAGED: bool = false;
+    /// The (unmasked) codes of a whole block.
+    #[inline(always)]
+    fn code_block(&mut self, xs: &[f32; BLOCK]) -> [u32; BLOCK] {
+        map_block(self, xs, u32::MAX)
+    }
+}
+
+/// A per-coordinate decoder run by [`decode_map`], 4 coordinates at a time.
+pub(crate) trait DecodeKernel {
+    /// Called before block `blk` (of 64 coordinates) of the slice being decoded.
+    fn begin(&mut self, blk: usize);
+    /// The values of coordinates `i..i+4` of the current block from their codes `c` and the
+    /// reader's reference values `y` (0 when there are none).
+    fn value(&mut self, i: usize, c: [u32; 4], y: [f32; 4]) -> [f32; 4];
+}
+
+/// Codes of a whole block (masked to `B` bits).
+#[inline(always)]
+fn map_block<K: EncodeKernel + ?Sized>(k: &mut K, xs: &[f32; BLOCK], mask: u32) -> [u32; BLOCK] {
+    let mut codes = [0u32; BLOCK];
+    for_quads!(i => {
+        let c = k.code(i, quad(xs, i));
+        codes[i] = c[0] & mask;
+        codes[i + 1] = c[1] & mask;
+        codes[i + 2] = c[2] & mask;
+        codes[i + 3] = c[3] & mask;
+    });
+    codes
+}
+
+/// Values of a whole block.
+#[inline(always)]
+fn unmap_block<K: DecodeKernel>(
+    k: &mut K,
+    codes: &[u32; BLOCK],
+    ys: &[f32; BLOCK],
+    os: &mut [f32; BLOCK],
+) {
+    for_quads!(i => os[i..i + 4].copy_from_slice(&k.value(i, quad(codes, i), quad(ys, i))));
+}
+
+/// Encodes `x` with `k` into `out` (`packed_len(x.len(), B)` bytes): full vertical blocks pack
+/// the codes as they are produced (no staging); other widths and the last partial block go
+/// through a block of codes (the partial block zero-padded, its padding codes dropped).
+#[inline(always)]
+pub(crate) fn encode_map<const B: usize, K: EncodeKernel>(x: &[f32], out: &mut [u8], k: &mut K) {
+    let mask = ((1u64 << B) - 1) as u32;
+    for (blk, (xc, oc)) in x.chunks(BLOCK).zip(out.chunks_mut(8 * B)).enumerate() {
+        k.begin(blk);
+        match <&[f32; BLOCK]>::try_from(xc) {
+            Ok(xs) if oc.len() == 8 * B => {
+                if is_vertical(B) && K::STAGED {
+                    let codes = k.code_block(xs);
+                    pack_vertical::<B>(oc, |i| quad(&codes, i));
+                } else if is_vertical(B) {
+                    pack_vertical::<B>(oc, |i| k.code(i, quad(xs, i)));
+                } else {
+                    pack_block_seq::<B>(&map_block(k, xs, mask), oc);
+                }
+            }
+            _ => {
+                let mut xs = [0f32; BLOCK];
+                xs[..xc.len()].copy_from_slice(xc);
+                let mut tmp = [0u8; 8 * 16];
+                pack_block_seq::<B>(&map_block(k, &xs, mask), &mut tmp);
+                let n = oc.len();
+                oc.copy_from_slice(&tmp[..n]);
+            }
         }
-        if cc.len() == BLOCK {
-            pack_block::<B>(&buf, oc);
+    }
+}
+
+/// Decodes `out.len()` values from `bytes` (`packed_len(out.len(), B)` bytes) with `k`, passing
+/// the matching coordinates of `reference` (zero beyond its end; pass `&[]` when unused).
+/// Full vertical blocks are decoded straight from the packed words.
+#[inline(always)]
+pub(crate) fn decode_map<const B: usize, K: DecodeKernel>(
+    bytes: &[u8],
+    reference: &[f32],
+    out: &mut [f32],
+    k: &mut K,
+) {
+    let zeros = [0f32; BLOCK];
+    let mut refs = reference.chunks(BLOCK);
+    for (blk, (oc, bc)) in out.chunks_mut(BLOCK).zip(bytes.chunks(8 * B)).enumerate() {
+        k.begin(blk);
+        let rc = refs.next().unwrap_or(&[]);
+        let n = oc.len();
+        if n == BLOCK && bc.len() == 8 * B {
+            if let Ok(os) = <&mut [f32; BLOCK]>::try_from(oc) {
+                let ys = <&[f32; BLOCK]>::try_from(rc).unwrap_or(&zeros);
+                if is_vertical(B) {
+                    unpack_vertical::<B>(bc, |i, c| {
+                        os[i..i + 4].copy_from_slice(&k.value(i, c, quad(ys, i)));
+                    });
+                } else {
+                    let mut codes = [0u32; BLOCK];
+                    unpack_block_seq::<B>(bc, &mut codes);
+                    unmap_block(k, &codes, ys, os);
+                }
+            }
         } else {
             let mut tmp = [0u8; 8 * 16];
-            pack_block_seq::<B>(&buf, &mut tmp);
-            let n = oc.len();
-            oc.copy_from_slice(&tmp[..n]);
+            tmp[..bc.len()].copy_from_slice(bc);
+            let mut codes = [0u32; BLOCK];
+            unpack_block_seq::<B>(&tmp, &mut codes);
+            let mut ys = [0f32; BLOCK];
+            ys[..rc.len()].copy_from_slice(rc);
+            // The padding coordinates are decoded too (and dropped), as they were encoded.
+            let mut os = [0f32; BLOCK];
+            unmap_block(k, &codes, &ys, &mut os);
+            oc.copy_from_slice(&os[..n]);
+        }
+    }
+}
+
+fn pack_all<const B: usize>(codes: &[u32], out: &mut [u8]) {
+    let mask = ((1u64 << B) - 1) as u32;
+    for (cc, oc) in codes.chunks(BLOCK).zip(out.chunks_mut(8 * B)) {
+        match <&[u32; BLOCK]>::try_from(cc) {
+            Ok(cs) if is_vertical(B) => pack_vertical::<B>(oc, |i| quad(cs, i)),
+            _ => {
+                let mut buf = [0u32; BLOCK];
+                for (b, c) in buf.iter_mut().zip(cc) {
+                    *b = c & mask;
+                }
+                let mut tmp = [0u8; 8 * 16];
+                pack_block_seq::<B>(&buf, &mut tmp);
+                let n = oc.len();
+                oc.copy_from_slice(&tmp[..n]);
+            }
         }
     }
 }
 
 fn unpack_all<const B: usize>(bytes: &[u8], out: &mut [u32]) {
-    let mut buf = [0u32; BLOCK];
     for (oc, bc) in out.chunks_mut(BLOCK).zip(bytes.chunks(8 * B)) {
         if oc.len() == BLOCK {
-            unpack_block::<B>(bc, &mut buf);
+            if let Ok(os) = <&mut [u32; BLOCK]>::try_from(oc) {
+                if is_vertical(B) {
+                    unpack_vertical::<B>(bc, |i, c| os[i..i + 4].copy_from_slice(&c));
+                } else {
+                    unpack_block_seq::<B>(bc, os);
+                }
+            }
         } else {
             let mut tmp = [0u8; 8 * 16];
             tmp[..bc.len()].copy_from_slice(bc);
+            let mut buf = [0u32; BLOCK];
             unpack_block_seq::<B>(&tmp, &mut buf);
+            let n = oc.len();
+            oc.copy_from_slice(&buf[..n]);
         }
-        let n = oc.len();
-        oc.copy_from_slice(&buf[..n]);
     }
 }
 

@@ -32,9 +32,9 @@
 //! failure goes unreported with probability at most about `2^-31` per failed bucket, and a
 //! correct decode is never reported as failed.
 
-use crate::bits::{decode_blocks, dispatch_width, encode_blocks, packed_len, BLOCK};
+use crate::bits::{decode_map, dispatch_width, encode_map, packed_len, quad, BLOCK};
 use crate::rng::{mix64, nonce, unit_f32};
-use crate::stats::{max_abs, round_i, MAGIC, MAGIC_BITS};
+use crate::stats::{max_abs, MAGIC, MAGIC_BITS};
 use crate::wire::{
     check_header, f32_at, len_u32, put_f32_at, put_header, size_output, Kind, COMMON_HEADER,
 };
@@ -150,7 +150,7 @@ impl LatticeCodec {
     }
 }
 
-/// Dither table (uniforms in [0,1)) and odd check weights for one nonce.
+/// Dither table (uniforms in [0,1)) and check weights (uniform 32-bit) for one nonce.
 fn tables(nonce: u64, n: usize, dither: &mut Vec<f32>, weights: &mut Vec<u32>) {
     dither.clear();
     weights.clear();
@@ -158,7 +158,7 @@ fn tables(nonce: u64, n: usize, dither: &mut Vec<f32>, weights: &mut Vec<u32>) {
     for i in 0..n as u64 {
         let r = mix64(base.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
         dither.push(unit_f32(r));
-        weights.push((r as u32) | 1);
+        weights.push(r as u32);
     }
 }
 
@@ -191,51 +191,121 @@ fn block_of<T>(t: &[T], base: usize) -> Option<&[T; BLOCK]> {
     t.get(base..base + BLOCK).and_then(|s| s.try_into().ok())
 }
 
+/// `t = round(z) + 2^21` from the bits of `z + MAGIC`: in `0..2^22` exactly when
+/// `|round(z)| < 2^21`; its low `B` bits are the code and `t >> B` is the wrap count plus
+/// `2^(21-B)`.
+const BIAS: u32 = (1u32 << 21).wrapping_sub(MAGIC_BITS);
+
+/// One term of the bucket check for wrap count `h` (any constant offset with an even value
+/// added to every `h` only shifts the sum): `h + w * (h mod 2)`.
+#[inline(always)]
+fn check_term(h: u32, w: u32) -> u32 {
+    h.wrapping_add(w & (h & 1).wrapping_neg())
+}
+
+/// Per-coordinate lattice encoder of one bucket.
+struct EncodeKernel<'a, const B: usize> {
+    dither: &'a [f32],
+    weights: &'a [u32],
+    dt: &'a [f32; BLOCK],
+    wt: &'a [u32; BLOCK],
+    inv_eps: f32,
+    off: f32,
+    /// Sum of check terms (wrap counts offset by `2^(21-B)`).
+    sum: u32,
+    /// Or of every `t`: `>= 2^22` when some value was out of range or not finite.
+    range: u32,
+}
+
+impl<const B: usize> crate::bits::EncodeKernel for EncodeKernel<'_, B> {
+    #[inline(always)]
+    fn begin(&mut self, blk: usize) {
+        if let (Some(d), Some(w)) = (
+            block_of(self.dither, blk * BLOCK),
+            block_of(self.weights, blk * BLOCK),
+        ) {
+            self.dt = d;
+            self.wt = w;
+        }
+    }
+
+    #[inline(always)]
+    fn code(&mut self, i: usize, x: [f32; 4]) -> [u32; 4] {
+        let (dt, wt) = (quad(self.dt, i), quad(self.wt, i));
+        let mut t = [0u32; 4];
+        for l in 0..4 {
+            let z = x[l] * self.inv_eps + (dt[l] + self.off);
+            t[l] = (z + MAGIC).to_bits().wrapping_add(BIAS);
+        }
+        // Written as one reduction tree per block of 4, which the SLP vectorizer joins across
+        // the whole (straight-line) block.
+        self.range |= (t[0] | t[1]) | (t[2] | t[3]);
+        let c = |l: usize| check_term(t[l] >> B, wt[l]);
+        self.sum = self
+            .sum
+            .wrapping_add(c(0).wrapping_add(c(1)).wrapping_add(c(2).wrapping_add(c(3))));
+        t
+    }
+
+    const STAGED: bool = true;
+
+    #[inline(always)]
+    fn code_block(&mut self, xs: &[f32; BLOCK]) -> [u32; BLOCK] {
+        // A plain loop: the loop vectorizer keeps both reductions in registers for the whole
+        // block and reduces them once.
+        let mut codes = [0u32; BLOCK];
+        let (mut range, mut sum) = (0u32, 0u32);
+        for i in 0..BLOCK {
+            let z = xs[i] * self.inv_eps + (self.dt[i] + self.off);
+            let t = (z + MAGIC).to_bits().wrapping_add(BIAS);
+            range |= t;
+            sum = sum.wrapping_add(check_term(t >> B, self.wt[i]));
+            codes[i] = t;
+        }
+        self.range |= range;
+        self.sum = self.sum.wrapping_add(sum);
+        codes
+    }
+}
+
 /// Encodes every bucket, or stops when a value is out of range for the step (or not finite).
 fn encode_body<const B: usize>(
     a: &EncodeArgs<'_>,
     checks: &mut [u8],
     codes_out: &mut [u8],
 ) -> Result<(), Stop> {
-    let inv_eps = 1.0 / a.eps;
-    let mask = (1u32 << B) - 1;
     let bucket_bytes = a.bucket * B / 8;
+    let (Some(dt), Some(wt)) = (block_of(a.dither, 0), block_of(a.weights, 0)) else {
+        // Tables hold at least one block whenever there is a value to encode.
+        return if a.x.is_empty() {
+            Ok(())
+        } else {
+            Err(Stop::NonFinite)
+        };
+    };
     for (b, (xb, ob)) in
         a.x.chunks(a.bucket)
             .zip(codes_out.chunks_mut(bucket_bytes))
             .enumerate()
     {
-        let off = bucket_offset(a.nonce, b);
-        let mut hash = 0u32;
-        // Nonzero when some |round(z)| >= 2^21: too large for the step, infinite or NaN (whose
-        // bit patterns land far outside that range).
-        let mut range = 0u32;
-        encode_blocks::<B>(xb, ob, |blk, xs, codes| {
-            let (Some(dt), Some(wt)) = (
-                block_of(a.dither, blk * BLOCK),
-                block_of(a.weights, blk * BLOCK),
-            ) else {
-                return;
-            };
-            // Integer reductions vectorize as plain scalar loops (wrapping adds reassociate).
-            let mut h = 0u32;
-            let mut bad = 0u32;
-            for i in 0..BLOCK {
-                let z = xs[i] * inv_eps + (dt[i] + off);
-                let zb = (z + MAGIC).to_bits();
-                codes[i] = zb & mask;
-                let k = zb.wrapping_sub(MAGIC_BITS);
-                bad |= k.wrapping_add(1 << 21) >> 22;
-                let high = (k as i32 >> B) as u32;
-                h = h.wrapping_add(high.wrapping_mul(wt[i]));
-            }
-            hash = hash.wrapping_add(h);
-            range |= bad;
-        });
-        if range != 0 {
+        let mut k = EncodeKernel::<B> {
+            dither: a.dither,
+            weights: a.weights,
+            dt,
+            wt,
+            inv_eps: 1.0 / a.eps,
+            off: bucket_offset(a.nonce, b),
+            sum: 0,
+            range: 0,
+        };
+        encode_map::<B, _>(xb, ob, &mut k);
+        if k.range >> 22 != 0 {
             return Err(Stop::Retry);
         }
-        checks[4 * b..4 * b + 4].copy_from_slice(&hash.to_le_bytes());
+        // Every coordinate (padding included) added 2^(21-B) to its wrap count.
+        let n = xb.len().next_multiple_of(BLOCK) as u32;
+        let check = k.sum.wrapping_sub(n.wrapping_mul(1 << (21 - B)));
+        checks[4 * b..4 * b + 4].copy_from_slice(&check.to_le_bytes());
     }
     Ok(())
 }
@@ -249,6 +319,50 @@ struct DecodeArgs<'a> {
     checks: &'a [u8],
 }
 
+/// Per-coordinate lattice decoder of one bucket.
+struct DecodeKernel<'a, const B: usize> {
+    dither: &'a [f32],
+    weights: &'a [u32],
+    dt: &'a [f32; BLOCK],
+    wt: &'a [u32; BLOCK],
+    inv_eps: f32,
+    eps: f32,
+    off: f32,
+    /// Sums of check terms (wrap counts offset by `MAGIC_BITS`) in 4 lanes.
+    sum: [u32; 4],
+}
+
+impl<const B: usize> crate::bits::DecodeKernel for DecodeKernel<'_, B> {
+    #[inline(always)]
+    fn begin(&mut self, blk: usize) {
+        if let (Some(d), Some(w)) = (
+            block_of(self.dither, blk * BLOCK),
+            block_of(self.weights, blk * BLOCK),
+        ) {
+            self.dt = d;
+            self.wt = w;
+        }
+    }
+
+    #[inline(always)]
+    fn value(&mut self, i: usize, c: [u32; 4], y: [f32; 4]) -> [f32; 4] {
+        let q = (1u32 << B) as f32;
+        let (dt, wt) = (quad(self.dt, i), quad(self.wt, i));
+        let mut out = [0f32; 4];
+        for l in 0..4 {
+            let v = dt[l] + self.off;
+            let cf = c[l] as i32 as f32;
+            let zy = y[l] * self.inv_eps + v;
+            // round((zy - c) / q) + MAGIC: the wrap count r, exact for |r| < 2^22.
+            let rm = (zy - cf) * (1.0 / q) + MAGIC;
+            self.sum[l] = self.sum[l].wrapping_add(check_term(rm.to_bits(), wt[l]));
+            let k = cf + (rm - MAGIC) * q;
+            out[l] = (k - v) * self.eps;
+        }
+        out
+    }
+}
+
 /// Decodes every bucket; returns the number of failed buckets.
 fn decode_body<const B: usize>(
     a: &DecodeArgs<'_>,
@@ -256,10 +370,10 @@ fn decode_body<const B: usize>(
     reference: &[f32],
     out: &mut [f32],
 ) -> usize {
-    let inv_eps = 1.0 / a.eps;
-    let eps = a.eps;
-    let inv_q = 1.0 / (1u32 << B) as f32;
     let bucket_bytes = a.bucket * B / 8;
+    let (Some(dt), Some(wt)) = (block_of(a.dither, 0), block_of(a.weights, 0)) else {
+        return out.len().div_ceil(a.bucket);
+    };
     let mut failed = 0;
     for (b, ((ob, cb), rb)) in out
         .chunks_mut(a.bucket)
@@ -267,34 +381,27 @@ fn decode_body<const B: usize>(
         .zip(reference.chunks(a.bucket))
         .enumerate()
     {
-        let off = bucket_offset(a.nonce, b);
-        let mut hash = 0u32;
-        decode_blocks::<B>(cb, rb, ob, |blk, codes, ys, os| {
-            let (Some(dt), Some(wt)) = (
-                block_of(a.dither, blk * BLOCK),
-                block_of(a.weights, blk * BLOCK),
-            ) else {
-                return;
-            };
-            let mut h = 0u32;
-            for i in 0..BLOCK {
-                let v = dt[i] + off;
-                let c = codes[i];
-                let zy = ys[i] * inv_eps + v;
-                let r = round_i((zy - c as i32 as f32) * inv_q);
-                let k = c.wrapping_add(r << B) as i32;
-                h = h.wrapping_add(r.wrapping_mul(wt[i]));
-                os[i] = (k as f32 - v) * eps;
-            }
-            hash = hash.wrapping_add(h);
-        });
+        let mut k = DecodeKernel::<B> {
+            dither: a.dither,
+            weights: a.weights,
+            dt,
+            wt,
+            inv_eps: 1.0 / a.eps,
+            eps: a.eps,
+            off: bucket_offset(a.nonce, b),
+            sum: [0; 4],
+        };
+        decode_map::<B, _>(cb, rb, ob, &mut k);
+        let n = ob.len().next_multiple_of(BLOCK) as u32;
+        let sum = k.sum.iter().fold(0u32, |a, s| a.wrapping_add(*s));
+        let check = sum.wrapping_sub(n.wrapping_mul(MAGIC_BITS));
         let want = u32::from_le_bytes([
             a.checks[4 * b],
             a.checks[4 * b + 1],
             a.checks[4 * b + 2],
             a.checks[4 * b + 3],
         ]);
-        if hash != want {
+        if check != want {
             failed += 1;
         }
     }

@@ -7,7 +7,7 @@
 use crate::QuantError;
 
 /// Format version written by this crate.
-pub(crate) const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 2;
 /// Size of the common header.
 pub(crate) const COMMON_HEADER: usize = 8;
 

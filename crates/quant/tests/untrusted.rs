@@ -88,7 +88,7 @@ fn decoders_survive_corrupted_payloads() {
             if n >= 8 && rng.below(2) == 0 {
                 b[..2].copy_from_slice(b"SQ");
                 b[2] = 1 + rng.below(7) as u8;
-                b[3] = 1;
+                b[3] = 2;
                 b[4..8].copy_from_slice(&(d as u32).to_le_bytes());
             }
             for (_, dec) in &codecs {
@@ -105,7 +105,7 @@ fn huge_announced_lengths_do_not_allocate() {
     let mut b = Vec::new();
     b.extend_from_slice(b"SQ");
     b.push(6);
-    b.push(1);
+    b.push(2); // format version
     b.extend_from_slice(&10u32.to_le_bytes());
     b.extend_from_slice(&u32::MAX.to_le_bytes());
     b.extend_from_slice(&[4, 0, 0, 0]);
@@ -127,28 +127,28 @@ fn huge_announced_lengths_do_not_allocate() {
     let mut enc = "minmax:4".parse::<CodecSpec>().unwrap().build(0).unwrap();
     let mut p = Vec::new();
     enc.encode(&[1.0; 10], &mut p).unwrap();
-    p[3] = 2;
+    p[3] = 1;
     assert!(matches!(
         enc.decode(&p, &[], &mut out),
         Err(QuantError::BadHeader(_))
     ));
 }
 
-/// Reference packer: blocks of 64 codes; full blocks at widths 4, 8, 16 are vertical (2B
-/// little-endian u32 words, word w holding codes w, w+2B, ... from the low bits up); all else is
-/// sequential (code i at bits i*b.. of a little-endian bit string).
+/// Reference packer: blocks of 64 codes; full blocks at widths 1, 2, 4, 8, 16 are vertical
+/// (L = max(4, 2B) little-endian words of 64B/L bits, word w holding codes w, w+L, ... from the
+/// low bits up); all else is sequential (code i at bits i*b.. of a little-endian bit string).
 fn reference_pack(codes: &[u32], bits: u32) -> Vec<u8> {
     let b = bits as usize;
     let mut out = vec![0u8; (codes.len() * b).div_ceil(8)];
     let mut set = |pos: usize| out[pos / 8] |= 1 << (pos % 8);
     for (blk, chunk) in codes.chunks(64).enumerate() {
         let base = blk * 64 * b;
-        let vertical = chunk.len() == 64 && matches!(bits, 4 | 8 | 16);
+        let vertical = chunk.len() == 64 && matches!(bits, 1 | 2 | 4 | 8 | 16);
         for (i, &c) in chunk.iter().enumerate() {
             let start = if vertical {
-                let lanes = 2 * b;
+                let lanes = (2 * b).max(4);
                 let (w, j) = (i % lanes, i / lanes);
-                base + 32 * w + j * b
+                base + 64 * b / lanes * w + j * b
             } else {
                 base + i * b
             };

@@ -29,7 +29,7 @@ enum Command {
 enum TopoCommand {
     /// Generate a graph and print its statistics and/or an export.
     Gen {
-        /// Kind: complete, ring, torus2d[:RxC], torus3d[:AxBxC], hypercube, regular:R, erdos-renyi:P,
+        /// Kind: complete, ring, torus2d or torus2d:RxC, torus3d or torus3d:AxBxC, hypercube, regular:R, erdos-renyi:P,
         /// star, exponential, slimfly:Q, file:PATH.
         #[arg(long)]
         kind: String,
