@@ -23,14 +23,20 @@
 //!
 //! # Failure detection
 //! A wrong decode of coordinate `i` gives `k'_i = k_i + m_i q` with `m_i != 0`, that is, a wrong
-//! high part `k >> b`. For every bucket the encoder sends `sum_i w_i (k_i >> b) mod 2^32` with
-//! odd 32-bit weights `w_i` drawn from the payload's nonce; the decoder computes the same sum
-//! from its `k'_i` and counts a mismatch in [`DecodeReport::failed_buckets`]. A failed bucket
-//! always changes the sum unless `sum_i w_i m_i = 0 mod 2^32`: for a failure pattern that does not
-//! depend on the nonce and some odd `m_i` (in practice `m_i = +-1`), that has probability at most
-//! `2^-31` over the nonce (at most `2^-(31-t)` when every `m_i` is a multiple of `2^t`). So a
-//! failure goes unreported with probability at most about `2^-31` per failed bucket, and a
-//! correct decode is never reported as failed.
+//! wrap count `h_i = k_i >> b` (`h'_i = h_i + m_i`). For every bucket the encoder sends
+//! `C = sum_i (h_i + w_i * (h_i mod 2)) mod 2^32`, with uniform 32-bit weights `w_i` drawn from
+//! the payload's nonce (the sum runs over the bucket padded to a multiple of 64 coordinates; the
+//! padding has `h = 0` on both sides). The decoder computes the same sum from its `h'_i` and
+//! counts a mismatch in [`DecodeReport::failed_buckets`]. No multiplication is involved, so the
+//! check costs a few SSE2 shifts, ands and adds per 4 coordinates.
+//! - If some `m_i` is odd, the parity of `h_i` flips, so `w_i` enters the sum on exactly one
+//!   side: for a failure pattern that does not depend on the nonce, the failure goes unreported
+//!   with probability `2^-32` over `w_i` alone.
+//! - If every `m_i` is even, the weighted part is unchanged and the failure is reported exactly
+//!   when `sum_i m_i != 0 mod 2^32` (for instance every single-coordinate failure); failures by
+//!   even multiples of `q` that cancel (`+2q` here, `-2q` there) go unreported.
+//!
+//! A correct decode is never reported as failed.
 
 use crate::bits::{decode_map, dispatch_width, encode_map, packed_len, quad, BLOCK};
 use crate::rng::{mix64, nonce, unit_f32};
@@ -241,9 +247,10 @@ impl<const B: usize> crate::bits::EncodeKernel for EncodeKernel<'_, B> {
         // the whole (straight-line) block.
         self.range |= (t[0] | t[1]) | (t[2] | t[3]);
         let c = |l: usize| check_term(t[l] >> B, wt[l]);
-        self.sum = self
-            .sum
-            .wrapping_add(c(0).wrapping_add(c(1)).wrapping_add(c(2).wrapping_add(c(3))));
+        self.sum = self.sum.wrapping_add(
+            c(0).wrapping_add(c(1))
+                .wrapping_add(c(2).wrapping_add(c(3))),
+        );
         t
     }
 
