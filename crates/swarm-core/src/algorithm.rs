@@ -169,8 +169,22 @@ impl Schedule {
 /// `x <- (x + y) / 2`.
 pub fn average_into(x: &mut [f32], y: &[f32]) {
     assert_eq!(x.len(), y.len(), "averaging vectors of different lengths");
+    average_with(x, y.iter().copied());
+}
+
+/// [`average_into`] with `y` given as little-endian f32 bytes (a raw model as read from a window).
+pub fn average_into_le(x: &mut [f32], y: &[u8]) {
+    assert_eq!(
+        4 * x.len(),
+        y.len(),
+        "averaging vectors of different lengths"
+    );
+    average_with(x, le_values(y));
+}
+
+fn average_with(x: &mut [f32], y: impl Iterator<Item = f32>) {
     for (a, b) in x.iter_mut().zip(y) {
-        *a = 0.5 * (*a + *b);
+        *a = 0.5 * (*a + b);
     }
 }
 
@@ -179,13 +193,27 @@ pub fn average_into(x: &mut [f32], y: &[f32]) {
 /// the two models is unchanged once the partner adds the correction.
 pub fn pairwise_average(x: &mut [f32], y: &[f32], correction: &mut [f32]) {
     assert_eq!(x.len(), y.len(), "averaging vectors of different lengths");
+    pairwise_with(x, y.iter().copied(), correction);
+}
+
+/// [`pairwise_average`] with `y` given as little-endian f32 bytes.
+pub fn pairwise_average_le(x: &mut [f32], y: &[u8], correction: &mut [f32]) {
+    assert_eq!(
+        4 * x.len(),
+        y.len(),
+        "averaging vectors of different lengths"
+    );
+    pairwise_with(x, le_values(y), correction);
+}
+
+fn pairwise_with(x: &mut [f32], y: impl Iterator<Item = f32>, correction: &mut [f32]) {
     assert_eq!(
         x.len(),
         correction.len(),
         "correction of a different length"
     );
     for ((a, b), c) in x.iter_mut().zip(y).zip(correction.iter_mut()) {
-        let half_gap = 0.5 * (*a - *b);
+        let half_gap = 0.5 * (*a - b);
         *c = half_gap;
         *a -= half_gap;
     }
@@ -198,8 +226,52 @@ pub fn fold_correction(x: &mut [f32], correction: &[f32]) {
         correction.len(),
         "correction of a different length"
     );
+    fold_with(x, correction.iter().copied());
+}
+
+/// [`fold_correction`] with the correction given as little-endian f32 bytes.
+pub fn fold_correction_le(x: &mut [f32], correction: &[u8]) {
+    assert_eq!(
+        4 * x.len(),
+        correction.len(),
+        "correction of a different length"
+    );
+    fold_with(x, le_values(correction));
+}
+
+fn fold_with(x: &mut [f32], correction: impl Iterator<Item = f32>) {
     for (a, c) in x.iter_mut().zip(correction) {
-        *a += *c;
+        *a += c;
+    }
+}
+
+/// The f32 values of little-endian bytes (a trailing partial value is ignored).
+pub fn le_values(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+}
+
+/// Whether every little-endian f32 in `bytes` is finite (neither NaN nor infinite).
+pub fn all_finite_le(bytes: &[u8]) -> bool {
+    // Lane-wise so the compiler vectorizes; a short-circuiting `all` would stay scalar.
+    let mut lanes = [true; 8];
+    let chunks = bytes.chunks_exact(32);
+    let tail = le_values(chunks.remainder()).all(f32::is_finite);
+    for chunk in chunks {
+        for (k, v) in le_values(chunk).enumerate() {
+            lanes[k] &= v.is_finite();
+        }
+    }
+    tail && lanes.iter().all(|&ok| ok)
+}
+
+/// `x` as little-endian f32 bytes, borrowed without a copy where the machine is little-endian.
+pub fn le_bytes(x: &[f32]) -> std::borrow::Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        std::borrow::Cow::Borrowed(bytemuck::cast_slice(x))
+    } else {
+        std::borrow::Cow::Owned(x.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
 }
 

@@ -28,7 +28,8 @@ mod sim;
 mod transport;
 
 pub use algorithm::{
-    average_into, fold_correction, linf_distance, mean_of, pairwise_average, spread, Interaction,
+    all_finite_le, average_into, average_into_le, fold_correction, fold_correction_le, le_bytes,
+    le_values, linf_distance, mean_of, pairwise_average, pairwise_average_le, spread, Interaction,
     LocalSteps, Schedule,
 };
 pub use error::{SwarmError, TransportError};

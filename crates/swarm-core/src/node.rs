@@ -8,7 +8,10 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::Serialize;
 
-use crate::algorithm::{average_into, fold_correction, linf_distance, pairwise_average};
+use crate::algorithm::{
+    all_finite_le, average_into, average_into_le, fold_correction, fold_correction_le, le_bytes,
+    le_values, linf_distance, pairwise_average, pairwise_average_le,
+};
 use crate::transport::{Completion, OpId, ReadOutcome, Transport, WriteOutcome};
 use crate::{Interaction, LocalSteps, NodeId, Schedule, SwarmError, TransportError};
 
@@ -56,6 +59,10 @@ impl NodeStats {
 /// [`SwarmNode::publish`] once at start; then per step: [`SwarmNode::step_boundary`], a local SGD
 /// step, [`SwarmNode::after_local_step`]. Once every node has stopped, one last
 /// [`SwarmNode::step_boundary`] per node folds the corrections still in flight.
+///
+/// Wire layout of the published window: with full precision, the model as raw little-endian f32
+/// (no encode or decode pass); with a quantizing codec, the encoded model, zero padding to 8 bytes,
+/// then the raw model as the fallback for a failed decode. Pairwise corrections are raw f32.
 pub struct SwarmNode<T: Transport> {
     transport: T,
     neighbours: Vec<NodeId>,
@@ -64,17 +71,15 @@ pub struct SwarmNode<T: Transport> {
     rng: StdRng,
     codec: Box<dyn Codec>,
     dim: usize,
-    /// Bytes of the encoded model at the start of the published payload.
+    /// Bytes of the model at the start of the payload: encoded, or raw f32 (4 * dim).
     encoded_len: usize,
-    /// Whether the payload also carries the model at full precision after the encoded part, as the
-    /// fallback for failed quantized decodes.
-    carries_full_precision: bool,
+    /// Whether the codec quantizes (the payload then also carries the raw model).
+    quantized: bool,
     encoded: Vec<u8>,
     payload: Vec<u8>,
     read_buf: Vec<u8>,
+    /// The decoded peer model (quantized reads; raw reads are averaged straight from `read_buf`).
     peer_model: Vec<f32>,
-    correction_bytes: Vec<u8>,
-    inbox_model: Vec<f32>,
     correction: Vec<f32>,
     unreachable: BTreeSet<NodeId>,
     stats: NodeStats,
@@ -88,14 +93,13 @@ impl<T: Transport> SwarmNode<T> {
         dim: usize,
         interaction: Interaction,
         local_steps: LocalSteps,
-        codec: Box<dyn Codec>,
+        mut codec: Box<dyn Codec>,
         seed: u64,
     ) -> Result<Self, SwarmError> {
         if interaction == Interaction::Blocking {
             return Err(SwarmError::Config(
-                "blocking averaging needs both nodes to stop together; it runs in the simulator \
-                 and in the trainer's synchronous mode, not over one-sided transports: use pull or \
-                 pairwise"
+                "blocking averaging needs both nodes to stop together; it is the simulator's \
+                 reference semantics, not a mode of one-sided transports: use pull or pairwise"
                     .into(),
             ));
         }
@@ -103,17 +107,20 @@ impl<T: Transport> SwarmNode<T> {
             seed ^ (transport.node() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
         let schedule = Schedule::new(local_steps, &mut rng)?;
-        let mut codec = codec;
+        let quantized = codec.name() != IdentityCodec.name();
         let mut encoded = Vec::new();
         codec.encode(&vec![0.0; dim], &mut encoded)?;
-        let carries_full_precision = codec.name() != IdentityCodec.name();
-        let encoded_len = encoded.len();
-        let payload_len = encoded_len + if carries_full_precision { 4 * dim } else { 0 };
-        let padded = encoded_len.div_ceil(8) * 8 + if carries_full_precision { 4 * dim } else { 0 };
-        if padded > transport.capacity() || 8 + 4 * dim > transport.capacity() {
+        let encoded_len = if quantized { encoded.len() } else { 4 * dim };
+        let needed = if quantized {
+            encoded_len.div_ceil(8) * 8 + 4 * dim
+        } else {
+            4 * dim
+        };
+        if needed > transport.capacity() {
+            let capacity = transport.capacity();
             return Err(TransportError::TooLarge {
-                len: payload_len.max(8 + 4 * dim),
-                capacity: transport.capacity(),
+                len: needed,
+                capacity,
             }
             .into());
         }
@@ -126,13 +133,11 @@ impl<T: Transport> SwarmNode<T> {
             codec,
             dim,
             encoded_len,
-            carries_full_precision,
+            quantized,
             encoded,
             payload: Vec::new(),
             read_buf: Vec::new(),
             peer_model: vec![0.0; dim],
-            correction_bytes: Vec::new(),
-            inbox_model: vec![0.0; dim],
             correction: vec![0.0; dim],
             unreachable: BTreeSet::new(),
             stats: NodeStats::default(),
@@ -159,7 +164,16 @@ impl<T: Transport> SwarmNode<T> {
         &self.transport
     }
 
-    /// The payload's full-precision copy starts at this (8-aligned) byte offset.
+    /// Bytes a window must hold for this node's payload.
+    pub fn payload_capacity(&self) -> usize {
+        if self.quantized {
+            self.full_precision_offset() + 4 * self.dim
+        } else {
+            4 * self.dim
+        }
+    }
+
+    /// The payload's raw copy starts at this (8-aligned) byte offset (quantized payloads).
     fn full_precision_offset(&self) -> usize {
         self.encoded_len.div_ceil(8) * 8
     }
@@ -167,18 +181,16 @@ impl<T: Transport> SwarmNode<T> {
     /// Encodes `params` and publishes them in this node's window.
     pub fn publish(&mut self, params: &[f32]) -> Result<(), SwarmError> {
         self.check_len(params)?;
-        self.codec.encode(params, &mut self.encoded)?;
-        if self.carries_full_precision {
-            self.payload.clear();
-            self.payload.extend_from_slice(&self.encoded);
-            self.payload.resize(self.full_precision_offset(), 0);
-            for v in params {
-                self.payload.extend_from_slice(&v.to_le_bytes());
-            }
-            self.transport.publish(&self.payload)?;
-        } else {
-            self.transport.publish(&self.encoded)?;
+        if !self.quantized {
+            self.transport.publish(&le_bytes(params))?;
+            return Ok(());
         }
+        self.codec.encode(params, &mut self.encoded)?;
+        self.payload.clear();
+        self.payload.extend_from_slice(&self.encoded);
+        self.payload.resize(self.full_precision_offset(), 0);
+        self.payload.extend_from_slice(&le_bytes(params));
+        self.transport.publish(&self.payload)?;
         Ok(())
     }
 
@@ -186,21 +198,17 @@ impl<T: Transport> SwarmNode<T> {
     /// before freeing the slots. Call before each local step.
     pub fn step_boundary(&mut self, params: &mut [f32]) -> Result<usize, SwarmError> {
         self.check_len(params)?;
-        let decoder = IdentityCodec;
-        let mut folded = 0;
-        let mut rejected = 0;
-        let inbox_model = &mut self.inbox_model;
-        let taken = self
-            .transport
-            .take_inbox(
-                &mut |_writer, bytes| match decoder.decode(bytes, &[], inbox_model) {
-                    Ok(_) if inbox_model.iter().all(|v| v.is_finite()) => {
-                        fold_correction(params, inbox_model);
-                        folded += 1;
-                    }
-                    _ => rejected += 1,
-                },
-            )?;
+        let mut folded = 0u64;
+        let mut rejected = 0u64;
+        let expected = 4 * self.dim;
+        let taken = self.transport.take_inbox(&mut |_writer, bytes| {
+            if bytes.len() == expected && all_finite_le(bytes) {
+                fold_correction_le(params, bytes);
+                folded += 1;
+            } else {
+                rejected += 1;
+            }
+        })?;
         if taken > 0 {
             if folded > 0 {
                 self.publish(params)?;
@@ -258,15 +266,21 @@ impl<T: Transport> SwarmNode<T> {
             }
             Err(e) => return Err(e),
         }
-        if self.carries_full_precision {
+        let raw = !self.quantized;
+        if !raw {
             // Only quantizing codecs adapt their step to the distance between models.
-            self.codec
-                .observe_distance(linf_distance(params, &self.peer_model));
+            let distance = linf_distance(params, &self.peer_model);
+            self.codec.observe_distance(distance);
         }
         match self.interaction {
+            Interaction::Pull if raw => average_into_le(params, &self.read_buf),
             Interaction::Pull => average_into(params, &self.peer_model),
             Interaction::Pairwise => {
-                pairwise_average(params, &self.peer_model, &mut self.correction);
+                if raw {
+                    pairwise_average_le(params, &self.read_buf, &mut self.correction);
+                } else {
+                    pairwise_average(params, &self.peer_model, &mut self.correction);
+                }
                 if !self.deposit_correction(peer)? {
                     // Not delivered: undo our half so that the sum of models stays conserved.
                     fold_correction(params, &self.correction);
@@ -282,8 +296,10 @@ impl<T: Transport> SwarmNode<T> {
 
     /// Writes `self.correction` into `peer`'s inbox. Returns whether it was delivered.
     fn deposit_correction(&mut self, peer: NodeId) -> Result<bool, SwarmError> {
-        IdentityCodec.encode(&self.correction, &mut self.correction_bytes)?;
-        let op = match self.transport.start_write(peer, &self.correction_bytes) {
+        let op = match self
+            .transport
+            .start_write(peer, &le_bytes(&self.correction))
+        {
             Ok(op) => op,
             Err(e) => {
                 self.mark_unreachable(peer, e);
@@ -295,7 +311,7 @@ impl<T: Transport> SwarmNode<T> {
                 result: Ok(WriteOutcome::Delivered),
                 ..
             } => {
-                self.stats.bytes_written += self.correction_bytes.len() as u64;
+                self.stats.bytes_written += 4 * self.dim as u64;
                 Ok(true)
             }
             Completion::Write {
@@ -318,41 +334,35 @@ impl<T: Transport> SwarmNode<T> {
         self.stats.skipped_unreachable += 1;
     }
 
-    /// Reads and decodes `peer`'s model into `self.peer_model`. Ok(false): skipped (not published,
-    /// torn, or not finite).
+    /// Reads `peer`'s model: raw into `self.read_buf`, or decoded into `self.peer_model`.
+    /// Ok(false): skipped (not published, torn, or not finite).
     fn read_peer(&mut self, peer: NodeId, reference: &[f32]) -> Result<bool, SwarmError> {
-        let encoded_len = self.encoded_len;
-        let version = match self.read(peer, 0, encoded_len)? {
-            Some(v) => v,
-            None => return Ok(false),
-        };
-        let report = self
-            .codec
-            .decode(&self.read_buf, reference, &mut self.peer_model);
-        self.stats.bytes_read += encoded_len as u64;
+        if self.read(peer, 0, self.encoded_len)?.is_none() {
+            return Ok(false);
+        }
+        self.stats.bytes_read += self.encoded_len as u64;
         self.stats.models_read += 1;
-        let decoded = matches!(report, Ok(r) if r.is_ok());
-        if !decoded {
-            if !self.carries_full_precision {
-                // A full-precision payload that does not decode is corrupt: reject, do not average.
+        if !self.quantized {
+            if !all_finite_le(&self.read_buf) {
                 self.stats.rejected_non_finite += 1;
                 return Ok(false);
             }
+            return Ok(true);
+        }
+        let report = self
+            .codec
+            .decode(&self.read_buf, reference, &mut self.peer_model);
+        if !matches!(report, Ok(r) if r.is_ok()) {
             self.stats.decode_fallbacks += 1;
             let offset = self.full_precision_offset();
             if self.read(peer, offset, 4 * self.dim)?.is_none() {
                 return Ok(false);
             }
             self.stats.bytes_read += 4 * self.dim as u64;
-            for (v, chunk) in self
-                .peer_model
-                .iter_mut()
-                .zip(self.read_buf.chunks_exact(4))
-            {
-                *v = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            for (v, x) in self.peer_model.iter_mut().zip(le_values(&self.read_buf)) {
+                *v = x;
             }
         }
-        let _ = version;
         if !self.peer_model.iter().all(|v| v.is_finite()) {
             self.stats.rejected_non_finite += 1;
             return Ok(false);

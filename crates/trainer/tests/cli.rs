@@ -65,9 +65,9 @@ fn pairwise_swarm_run_learns_and_accounts_for_every_step_and_byte() {
         "too few interactions: {}",
         sum("interactions")
     );
-    // Full precision: every read moves the 8-byte header plus 4 bytes per parameter, and every
+    // Full precision: every read moves 4 bytes per parameter (raw f32), and every
     // pairwise interaction writes one correction of the same size.
-    let model_bytes = 8 + 4 * s["parameters"].as_u64().unwrap();
+    let model_bytes = 4 * s["parameters"].as_u64().unwrap();
     assert_eq!(sum("bytes_read"), model_bytes * sum("models_read"));
     assert!(sum("models_read") >= sum("interactions"));
     assert_eq!(sum("bytes_written"), model_bytes * sum("interactions"));
