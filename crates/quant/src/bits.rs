@@ -316,9 +316,24 @@ fn unmap_block<K: DecodeKernel>(
 /// the codes as they are produced (no staging); other widths and the last partial block go
 /// through a block of codes (the partial block zero-padded, its padding codes dropped).
 #[inline(always)]
-pub(crate) fn encode_map<const B: usize, K: EncodeKernel>(x: &[f32], out: &mut [u8], k: &mut K) {
+///
+/// `ahead` (the next bucket, or `&[]`) is touched one value per cache line along the way, so
+/// that its reads from memory overlap this bucket's arithmetic instead of waiting for the next
+/// statistics pass (a software prefetch without `unsafe`).
+pub(crate) fn encode_map<const B: usize, K: EncodeKernel>(
+    x: &[f32],
+    out: &mut [u8],
+    ahead: &[f32],
+    k: &mut K,
+) {
     let mask = ((1u64 << B) - 1) as u32;
+    let mut touched = 0u32;
     for (blk, (xc, oc)) in x.chunks(BLOCK).zip(out.chunks_mut(8 * B)).enumerate() {
+        for line in 0..BLOCK / 16 {
+            if let Some(v) = ahead.get(blk * BLOCK + 16 * line) {
+                touched ^= v.to_bits();
+            }
+        }
         k.begin(blk);
         match <&[f32; BLOCK]>::try_from(xc) {
             Ok(xs) if oc.len() == 8 * B => {
@@ -341,6 +356,7 @@ pub(crate) fn encode_map<const B: usize, K: EncodeKernel>(x: &[f32], out: &mut [
             }
         }
     }
+    std::hint::black_box(touched);
 }
 
 /// Decodes `out.len()` values from `bytes` (`packed_len(out.len(), B)` bytes) with `k`, passing

@@ -305,7 +305,7 @@ fn encode_body<const B: usize>(
             sum: 0,
             range: 0,
         };
-        encode_map::<B, _>(xb, ob, &mut k);
+        encode_map::<B, _>(xb, ob, &[], &mut k);
         if k.range >> 22 != 0 {
             return Err(Stop::Retry);
         }

@@ -4,7 +4,10 @@
 //! an array of per-bucket f32 parameters, and the bit-packed codes:
 //! `size = 12 + 4 * params_per_bucket * ceil(d / bucket) + ceil(d * bits / 8)`.
 
-use crate::bits::{decode_blocks, dispatch_width, encode_blocks, packed_len, BLOCK};
+use crate::bits::{
+    decode_blocks, decode_map, dispatch_width, encode_blocks, encode_map, packed_len, DecodeKernel,
+    EncodeKernel, BLOCK,
+};
 use crate::rng::{nonce, LaneRng};
 use crate::stats::{max_abs, min_max, round_f, round_i, sum_abs, sum_sq};
 use crate::wire::{
@@ -89,6 +92,58 @@ fn decode_bucketed<const B: usize, const P: usize, K>(
         }
         let k = prep(p)?;
         decode_blocks::<B>(cb, &[], ob, |_, cs, _, os| kernel(&k, cs, os));
+    }
+    Ok(())
+}
+
+/// [`encode_bucketed`] with a per-coordinate kernel (one per bucket, from `prep`), whose codes
+/// are packed as they are produced.
+#[inline(always)]
+fn encode_bucketed_map<const B: usize, const P: usize, K: EncodeKernel>(
+    x: &[f32],
+    bucket: usize,
+    params: &mut [u8],
+    codes: &mut [u8],
+    mut prep: impl FnMut(&[f32]) -> Result<([f32; P], K), QuantError>,
+) -> Result<(), QuantError> {
+    let bucket_bytes = bucket * B / 8;
+    for (b, (xb, cb)) in x
+        .chunks(bucket)
+        .zip(codes.chunks_mut(bucket_bytes))
+        .enumerate()
+    {
+        let (p, mut k) = prep(xb)?;
+        for (j, v) in p.iter().enumerate() {
+            put_f32_at(params, b * P + j, *v);
+        }
+        let ahead = x.get((b + 1) * bucket..).unwrap_or(&[]);
+        encode_map::<B, K>(xb, cb, &ahead[..ahead.len().min(bucket)], &mut k);
+    }
+    Ok(())
+}
+
+/// [`decode_bucketed`] with a per-coordinate kernel (one per bucket, from `prep`), fed straight
+/// from the packed words.
+#[inline(always)]
+fn decode_bucketed_map<const B: usize, const P: usize, K: DecodeKernel>(
+    codes: &[u8],
+    params: &[u8],
+    bucket: usize,
+    out: &mut [f32],
+    mut prep: impl FnMut([f32; P]) -> Result<K, QuantError>,
+) -> Result<(), QuantError> {
+    let bucket_bytes = bucket * B / 8;
+    for (b, (ob, cb)) in out
+        .chunks_mut(bucket)
+        .zip(codes.chunks(bucket_bytes))
+        .enumerate()
+    {
+        let mut p = [0f32; P];
+        for (j, v) in p.iter_mut().enumerate() {
+            *v = f32_at(params, b * P + j);
+        }
+        let mut k = prep(p)?;
+        decode_map::<B, K>(cb, &[], ob, &mut k);
     }
     Ok(())
 }
@@ -194,6 +249,75 @@ struct MinMaxK {
     qmax: f32,
 }
 
+impl EncodeKernel for MinMaxK {
+    #[inline(always)]
+    fn begin(&mut self, _: usize) {}
+
+    #[inline(always)]
+    fn code(&mut self, _: usize, x: [f32; 4]) -> [u32; 4] {
+        let mut c = [0u32; 4];
+        for l in 0..4 {
+            // In [0, qmax + 2^-14] (see `minmax_prep`): rounds into 0..=qmax unclamped.
+            c[l] = round_i((x[l] - self.lo) * self.inv);
+        }
+        c
+    }
+}
+
+/// Decoder of a min-max bucket: `lo + c * step`.
+struct MinMaxD {
+    lo: f32,
+    step: f32,
+}
+
+impl DecodeKernel for MinMaxD {
+    #[inline(always)]
+    fn begin(&mut self, _: usize) {}
+
+    #[inline(always)]
+    fn value(&mut self, _: usize, c: [u32; 4], _: [f32; 4]) -> [f32; 4] {
+        let mut o = [0f32; 4];
+        for l in 0..4 {
+            o[l] = self.lo + c[l] as i32 as f32 * self.step;
+        }
+        o
+    }
+}
+
+/// Scaled-sign encoder: the sign bit.
+struct SignE;
+
+impl EncodeKernel for SignE {
+    #[inline(always)]
+    fn begin(&mut self, _: usize) {}
+
+    #[inline(always)]
+    fn code(&mut self, _: usize, x: [f32; 4]) -> [u32; 4] {
+        let mut c = [0u32; 4];
+        for l in 0..4 {
+            c[l] = x[l].to_bits() >> 31;
+        }
+        c
+    }
+}
+
+/// Scaled-sign decoder: the scale's bits with the sign bit set from the code.
+struct SignD(u32);
+
+impl DecodeKernel for SignD {
+    #[inline(always)]
+    fn begin(&mut self, _: usize) {}
+
+    #[inline(always)]
+    fn value(&mut self, _: usize, c: [u32; 4], _: [f32; 4]) -> [f32; 4] {
+        let mut o = [0f32; 4];
+        for l in 0..4 {
+            o[l] = f32::from_bits(self.0 | (c[l] << 31));
+        }
+        o
+    }
+}
+
 fn minmax_prep(xb: &[f32], qmax: f32) -> Result<([f32; 2], MinMaxK), QuantError> {
     let (lo, hi, finite) = min_max(xb);
     if !finite {
@@ -205,6 +329,14 @@ fn minmax_prep(xb: &[f32], qmax: f32) -> Result<([f32; 2], MinMaxK), QuantError>
             "bucket range overflows f32".into(),
         ));
     }
+    // A subnormal step is raised to the smallest normal one, so that `1/step` is finite: then
+    // `0 <= (x - lo) / step <= qmax * (1 + 2^-22)` for every x of the bucket, and the nearest
+    // kernel needs no clamping.
+    let step = if step > 0.0 {
+        step.max(f32::MIN_POSITIVE)
+    } else {
+        step
+    };
     let inv = if step > 0.0 { 1.0 / step } else { 0.0 };
     Ok(([lo, step], MinMaxK { lo, inv, qmax }))
 }
@@ -219,21 +351,9 @@ fn minmax_encode<const B: usize>(
 ) -> Result<(), QuantError> {
     let qmax = ((1u32 << B) - 1) as f32;
     match rounding {
-        Rounding::Nearest => encode_bucketed::<B, 2, MinMaxK>(
-            x,
-            bucket,
-            params,
-            codes,
-            |xb| minmax_prep(xb, qmax),
-            |k, xs, cs| {
-                for (c, &v) in cs.iter_mut().zip(xs.iter()) {
-                    let t = (v - k.lo) * k.inv;
-                    let t = if t > 0.0 { t } else { 0.0 };
-                    let t = if t < k.qmax { t } else { k.qmax };
-                    *c = round_i(t);
-                }
-            },
-        ),
+        Rounding::Nearest => encode_bucketed_map::<B, 2, MinMaxK>(x, bucket, params, codes, |xb| {
+            minmax_prep(xb, qmax)
+        }),
         Rounding::Stochastic => {
             let mut rng = LaneRng::new(seed);
             encode_bucketed::<B, 2, MinMaxK>(
@@ -263,24 +383,13 @@ fn minmax_decode<const B: usize>(
     bucket: usize,
     out: &mut [f32],
 ) -> Result<(), QuantError> {
-    decode_bucketed::<B, 2, [f32; 2]>(
-        codes,
-        params,
-        bucket,
-        out,
-        |[lo, step]| {
-            if !lo.is_finite() {
-                return Err(QuantError::Corrupt(format!("bucket minimum {lo}")));
-            }
-            check_finite_param(step, "bucket step")?;
-            Ok([lo, step])
-        },
-        |&[lo, step], cs, os| {
-            for (o, &c) in os.iter_mut().zip(cs.iter()) {
-                *o = lo + c as i32 as f32 * step;
-            }
-        },
-    )
+    decode_bucketed_map::<B, 2, MinMaxD>(codes, params, bucket, out, |[lo, step]| {
+        if !lo.is_finite() {
+            return Err(QuantError::Corrupt(format!("bucket minimum {lo}")));
+        }
+        check_finite_param(step, "bucket step")?;
+        Ok(MinMaxD { lo, step })
+    })
 }
 
 impl Codec for MinMaxCodec {
@@ -383,24 +492,13 @@ impl Codec for SignCodec {
         let bucket = 1usize << self.bucket_log2;
         size_output(out, Self::encoded_len(self.bucket_log2, x.len()));
         let (head, params, codes) = regions(out, 4 * x.len().div_ceil(bucket));
-        let r = encode_bucketed::<1, 1, ()>(
-            x,
-            bucket,
-            params,
-            codes,
-            |xb| {
-                let s = sum_abs(xb);
-                if !s.is_finite() {
-                    return Err(QuantError::NonFinite);
-                }
-                Ok(([s / xb.len() as f32], ()))
-            },
-            |_, xs, cs| {
-                for (c, v) in cs.iter_mut().zip(xs.iter()) {
-                    *c = v.to_bits() >> 31;
-                }
-            },
-        );
+        let r = encode_bucketed_map::<1, 1, SignE>(x, bucket, params, codes, |xb| {
+            let s = sum_abs(xb);
+            if !s.is_finite() {
+                return Err(QuantError::NonFinite);
+            }
+            Ok(([s / xb.len() as f32], SignE))
+        });
         if let Err(e) = r {
             out.clear();
             return Err(e);
@@ -424,21 +522,10 @@ impl Codec for SignCodec {
                 Err(QuantError::BadHeader("sign reserved bytes not zero".into()))
             }
         })?;
-        decode_bucketed::<1, 1, u32>(
-            codes,
-            params,
-            1 << log2,
-            out,
-            |[s]| {
-                check_finite_param(s, "sign scale")?;
-                Ok(s.to_bits())
-            },
-            |&s, cs, os| {
-                for (o, &c) in os.iter_mut().zip(cs.iter()) {
-                    *o = f32::from_bits(s | (c << 31));
-                }
-            },
-        )?;
+        decode_bucketed_map::<1, 1, SignD>(codes, params, 1 << log2, out, |[s]| {
+            check_finite_param(s, "sign scale")?;
+            Ok(SignD(s.to_bits()))
+        })?;
         Ok(DecodeReport::default())
     }
 }
