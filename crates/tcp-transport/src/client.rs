@@ -16,16 +16,19 @@ use crate::{JobAuth, TcpConfig};
 /// An operation handed to a peer's client thread.
 pub(crate) enum Request {
     Read {
+        started: Instant,
         op: OpId,
         offset: usize,
         len: usize,
         buf: Vec<u8>,
     },
     Write {
+        started: Instant,
         op: OpId,
         payload: Vec<u8>,
     },
     SlotFree {
+        started: Instant,
         reply: Sender<Result<bool, TransportError>>,
     },
 }
@@ -87,19 +90,19 @@ impl PeerLink {
         }
     }
 
-    /// Serves requests until the endpoint drops its sender. Connects at once so that the first
-    /// operation does not pay for it; a failure here is retried by that operation.
+    /// Serves requests until the endpoint drops its sender. Connects on the first request, and
+    /// again on the next request after a failure.
     pub(crate) fn run(mut self, requests: Receiver<Request>, done: Sender<Completion>) {
-        let _ = self.connection(Instant::now() + self.config.io_timeout);
         while let Ok(request) = requests.recv() {
             let completion = match request {
                 Request::Read {
+                    started,
                     op,
                     offset,
                     len,
                     mut buf,
                 } => {
-                    let result = self.run_op(Kind::Read, offset, len, &mut buf);
+                    let result = self.run_op(started, Kind::Read, offset, len, &mut buf);
                     Completion::Read {
                         op,
                         peer: self.peer,
@@ -110,9 +113,13 @@ impl PeerLink {
                         }),
                     }
                 }
-                Request::Write { op, mut payload } => {
+                Request::Write {
+                    started,
+                    op,
+                    mut payload,
+                } => {
                     let len = payload.len();
-                    let result = self.run_op(Kind::WriteInbox, 0, len, &mut payload);
+                    let result = self.run_op(started, Kind::WriteInbox, 0, len, &mut payload);
                     Completion::Write {
                         op,
                         peer: self.peer,
@@ -122,13 +129,13 @@ impl PeerLink {
                         }),
                     }
                 }
-                Request::SlotFree { reply } => {
-                    let result =
-                        self.run_op(Kind::SlotFree, 0, 0, &mut Vec::new())
-                            .and_then(|answer| match answer {
-                                Answer::Slot(free) => Ok(free),
-                                other => Err(self.too_large_or_bug(other)),
-                            });
+                Request::SlotFree { started, reply } => {
+                    let result = self
+                        .run_op(started, Kind::SlotFree, 0, 0, &mut Vec::new())
+                        .and_then(|answer| match answer {
+                            Answer::Slot(free) => Ok(free),
+                            other => Err(self.too_large_or_bug(other)),
+                        });
                     let _ = reply.send(result);
                     continue;
                 }
@@ -155,14 +162,16 @@ impl PeerLink {
 
     /// One operation, retried once on a fresh connection when a kept-alive connection turned out
     /// dead and the operation is a read or a query (repeating a write could deposit it twice).
+    /// It ends by `started + connect_timeout + io_timeout`, however long it waited in the queue.
     fn run_op(
         &mut self,
+        started: Instant,
         kind: Kind,
         a: usize,
         b: usize,
         buf: &mut Vec<u8>,
     ) -> Result<Answer, TransportError> {
-        let deadline = Instant::now() + self.config.io_timeout;
+        let deadline = started + self.config.connect_timeout + self.config.io_timeout;
         let reused = self.conn.is_some();
         match self.exchange(kind, a, b, buf, deadline) {
             Ok(answer) => Ok(answer),
@@ -193,8 +202,13 @@ impl PeerLink {
     }
 
     fn connect(&self, deadline: Instant) -> Result<Conn, Failure> {
-        let mut stream = TcpStream::connect_timeout(&self.addr, self.config.connect_timeout)
-            .map_err(|e| Failure(format!("cannot connect to {}: {e}", self.addr)))?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Failure("timed out before connecting".into()));
+        }
+        let mut stream =
+            TcpStream::connect_timeout(&self.addr, self.config.connect_timeout.min(left))
+                .map_err(|e| Failure(format!("cannot connect to {}: {e}", self.addr)))?;
         stream.set_nodelay(true)?;
         let hello = Hello {
             version: PROTOCOL_VERSION,
@@ -246,7 +260,7 @@ impl PeerLink {
         let conn = self.connection(deadline)?;
         // Check the bounds before sending: the server would refuse, but a write's payload would
         // already be on its way.
-        let end = a.checked_add(b).unwrap_or(usize::MAX);
+        let end = a.saturating_add(b);
         let too_large = match kind {
             Kind::Read => a % 8 != 0 || end > conn.capacity,
             Kind::WriteInbox => b > conn.capacity,

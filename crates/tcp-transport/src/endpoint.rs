@@ -5,6 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use swarm_core::{Completion, NodeId, OpId, Transport, TransportError};
 
@@ -235,6 +236,7 @@ impl Transport for TcpEndpoint {
     ) -> Result<OpId, TransportError> {
         let op = self.next_op();
         let request = Request::Read {
+            started: Instant::now(),
             op,
             offset,
             len,
@@ -262,6 +264,7 @@ impl Transport for TcpEndpoint {
     fn start_write(&mut self, peer: NodeId, payload: &[u8]) -> Result<OpId, TransportError> {
         let op = self.next_op();
         let request = Request::Write {
+            started: Instant::now(),
             op,
             payload: payload.to_vec(),
         };
@@ -296,7 +299,16 @@ impl Transport for TcpEndpoint {
 
     fn slot_free_at(&mut self, peer: NodeId) -> Result<bool, TransportError> {
         let (reply, answer) = mpsc::channel();
-        if self.send(peer, Request::SlotFree { reply }).is_err() {
+        if self
+            .send(
+                peer,
+                Request::SlotFree {
+                    started: Instant::now(),
+                    reply,
+                },
+            )
+            .is_err()
+        {
             return Err(self.failed(peer));
         }
         // The client thread always answers within its timeouts; a closed channel means it is gone.

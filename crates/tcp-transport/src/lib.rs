@@ -105,8 +105,12 @@ impl std::fmt::Debug for JobAuth {
 pub struct TcpConfig {
     /// How long a TCP connect to a peer may take.
     pub connect_timeout: Duration,
-    /// How long one operation may take once connected (handshake, request and response together);
-    /// on the server, how long a peer may take to send a handshake or the rest of a frame it began.
+    /// How long one operation may take once connected (handshake, request and response together):
+    /// every operation completes, with a result or [`TransportError::Unreachable`], at most
+    /// `connect_timeout + io_timeout` after it was started. On the server, how long a peer may take
+    /// to send its handshake, or the rest of a frame it began.
+    ///
+    /// [`TransportError::Unreachable`]: swarm_core::TransportError::Unreachable
     pub io_timeout: Duration,
     /// Most connections the server keeps open, and most distinct peers it keeps an inbox slot for.
     pub max_connections: usize,
