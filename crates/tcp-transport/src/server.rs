@@ -183,7 +183,6 @@ fn serve(mut stream: TcpStream, from: SocketAddr, shared: &Shared) {
     let Some(peer) = handshake(&mut stream, from, shared) else {
         return;
     };
-    shared.accepted.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(node = shared.me, peer, %from, "peer connected");
     let mut payload = Vec::new();
     let mut out = Vec::new();
@@ -239,6 +238,17 @@ fn handshake(stream: &mut TcpStream, from: SocketAddr, shared: &Shared) -> Optio
             inbox.entry(peer).or_default();
         }
     }
+    let accepted = match (status, claimed) {
+        (AckStatus::Accepted, Some(peer)) => Some(peer),
+        _ => {
+            // Counted before answering, so that whoever sees the refusal also sees the count.
+            refuse(&format!(
+                "{status:?} (version {}, job {}, claims node {} and wants node {})",
+                hello.version, hello.job, hello.from, hello.to
+            ));
+            None
+        }
+    };
     let ack = Ack {
         version: PROTOCOL_VERSION,
         status,
@@ -247,19 +257,15 @@ fn handshake(stream: &mut TcpStream, from: SocketAddr, shared: &Shared) -> Optio
         capacity: shared.capacity as u64,
     };
     if let Err(e) = write_all_by(stream, &ack.encode(), deadline) {
-        refuse(&format!("cannot answer the handshake: {e}"));
+        if accepted.is_some() {
+            refuse(&format!("cannot answer the handshake: {e}"));
+        }
         return None;
     }
-    match (status, claimed) {
-        (AckStatus::Accepted, Some(peer)) => Some(peer),
-        _ => {
-            refuse(&format!(
-                "{status:?} (version {}, job {}, claims node {} and wants node {})",
-                hello.version, hello.job, hello.from, hello.to
-            ));
-            None
-        }
+    if accepted.is_some() {
+        shared.accepted.fetch_add(1, Ordering::Relaxed);
     }
+    accepted
 }
 
 fn serve_one(

@@ -280,9 +280,9 @@ fn reads_report_not_published_then_versions_and_enforce_bounds() {
 
 #[test]
 fn threaded_pairwise_averaging_over_tcp_conserves_the_mean_exactly_once_settled() {
-    let n = 6;
+    let n = 8;
     let dim = 1000;
-    let target = 150;
+    let target = 200;
     let graph: Vec<Vec<usize>> = (0..n).map(|i| vec![(i + n - 1) % n, (i + 1) % n]).collect();
     let endpoints = fabric(&graph, 8 + 4 * dim);
     let start: Vec<Vec<f32>> = (0..n)
