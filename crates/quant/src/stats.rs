@@ -1,30 +1,5 @@
 //! Reductions over a bucket written with 8 fixed lanes so that they vectorize.
 
-/// Lane-wise reduction helper: applies `step(acc_lane, x)` over `x` and returns the lanes.
-#[inline(always)]
-fn lanes<const N: usize>(
-    x: &[f32],
-    init: [f32; N],
-    mut step: impl FnMut(&mut [f32; N], &[f32; 8]),
-) -> [f32; N] {
-    let mut acc = init;
-    let mut it = x.chunks_exact(8);
-    for c in it.by_ref() {
-        if let Ok(c) = <&[f32; 8]>::try_from(c) {
-            step(&mut acc, c);
-        }
-    }
-    let r = it.remainder();
-    if !r.is_empty() {
-        // Pad with the first value of the remainder: neutral for min/max, and callers of sums
-        // use `pad_zero` instead.
-        let mut c = [r[0]; 8];
-        c[..r.len()].copy_from_slice(r);
-        step(&mut acc, &c);
-    }
-    acc
-}
-
 /// Pads a remainder with zeros (for sums).
 #[inline(always)]
 fn sum_lanes(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
@@ -42,30 +17,50 @@ fn sum_lanes(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 }
 
 /// Minimum, maximum, and whether every value is finite.
+///
+/// 16 lanes (4 SSE registers per reduction, so the 4-cycle min/max/add latencies overlap). NaN
+/// and infinities are detected through a plain sum, which they poison; a sum that overflows
+/// from finite values is rechecked exactly.
 #[inline(always)]
 pub(crate) fn min_max(x: &[f32]) -> (f32, f32, bool) {
     if x.is_empty() {
         return (0.0, 0.0, true);
     }
-    let mut init = [x[0]; 24];
-    init[16..].fill(0.0);
-    let acc = lanes(x, init, |acc, c| {
-        for j in 0..8 {
+    let mut init = [x[0]; 48];
+    init[32..].fill(0.0);
+    let mut acc = init;
+    let mut it = x.chunks_exact(16);
+    let mut step = |c: &[f32; 16]| {
+        for j in 0..16 {
             let v = c[j];
             acc[j] = if v < acc[j] { v } else { acc[j] };
-            acc[8 + j] = if v > acc[8 + j] { v } else { acc[8 + j] };
-            // v * 0 is NaN exactly for NaN and infinities, and NaN survives the sum.
-            acc[16 + j] += v * 0.0;
+            acc[16 + j] = if v > acc[16 + j] { v } else { acc[16 + j] };
+            acc[32 + j] += v;
         }
-    });
-    let z = acc[16..].iter().sum::<f32>();
-    let mut lo = acc[0];
-    let mut hi = acc[8];
-    for j in 1..8 {
-        lo = if acc[j] < lo { acc[j] } else { lo };
-        hi = if acc[8 + j] > hi { acc[8 + j] } else { hi };
+    };
+    for c in it.by_ref() {
+        if let Ok(c) = <&[f32; 16]>::try_from(c) {
+            step(c);
+        }
     }
-    (lo, hi, z == 0.0 && lo.is_finite() && hi.is_finite())
+    let r = it.remainder();
+    if !r.is_empty() {
+        // Pad with the first value of the remainder: neutral for min/max; the sum only serves
+        // the finiteness test.
+        let mut c = [r[0]; 16];
+        c[..r.len()].copy_from_slice(r);
+        step(&c);
+    }
+    let z = acc[32..].iter().sum::<f32>();
+    let mut lo = acc[0];
+    let mut hi = acc[16];
+    for j in 1..16 {
+        lo = if acc[j] < lo { acc[j] } else { lo };
+        hi = if acc[16 + j] > hi { acc[16 + j] } else { hi };
+    }
+    let finite =
+        lo.is_finite() && hi.is_finite() && (z.is_finite() || x.iter().all(|v| v.is_finite()));
+    (lo, hi, finite)
 }
 
 /// Largest magnitude (0 for an empty slice); NaN if any value is NaN, infinity if any is
