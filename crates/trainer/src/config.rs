@@ -49,8 +49,10 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Examples per local step, per node.
     pub batch_size: usize,
-    /// Learning rate of plain SGD.
+    /// Peak learning rate of plain SGD.
     pub lr: f64,
+    /// How the learning rate moves over the run: constant, or cosine (decays to 0 at the end).
+    pub lr_schedule: String,
     /// Seed of initialisation, partitioning, shuffling and neighbour choice.
     pub seed: u64,
     /// Architecture: mlp, mlp:HIDDEN, cnn.
@@ -75,12 +77,13 @@ impl Default for TrainConfig {
             algo: Algo::Swarm,
             nodes: 8,
             topology: "complete".into(),
-            local_steps: "1".into(),
-            interaction: "pull".into(),
+            local_steps: "4".into(),
+            interaction: "pairwise".into(),
             quant: "none".into(),
             epochs: 10,
             batch_size: 32,
-            lr: 0.1,
+            lr: 0.3,
+            lr_schedule: "cosine".into(),
             seed: 1,
             model: "mlp".into(),
             data: None,
@@ -108,10 +111,10 @@ pub struct TrainArgs {
     /// Communication graph: complete, ring, torus2d, hypercube, regular:R, exponential, ... [default: complete].
     #[arg(long)]
     pub topology: Option<String>,
-    /// Local steps between interactions: H or geometric:H [default: 1].
+    /// Local steps between interactions: H or geometric:H [default: 4].
     #[arg(long)]
     pub local_steps: Option<String>,
-    /// Averaging: pull or pairwise [default: pull].
+    /// Averaging: pull or pairwise [default: pairwise].
     #[arg(long)]
     pub interaction: Option<String>,
     /// Codec for model reads: none, lattice:BITS, qsgd:LEVELS, minmax:BITS, sign, ... [default: none].
@@ -123,9 +126,12 @@ pub struct TrainArgs {
     /// Batch size per node and step [default: 32].
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Learning rate [default: 0.1].
+    /// Peak learning rate [default: 0.3].
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Learning-rate schedule over the local steps: constant or cosine [default: cosine].
+    #[arg(long)]
+    pub lr_schedule: Option<String>,
     /// Seed [default: 1].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -173,6 +179,47 @@ pub struct Resolved {
     pub data: PathBuf,
 }
 
+/// The learning rate as a function of a node's local step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LrSchedule {
+    /// Always the same rate.
+    Constant(f64),
+    /// `peak * (1 + cos(pi * step / total)) / 2`: from `peak` down to 0 over `total` steps.
+    Cosine {
+        /// Rate at step 0.
+        peak: f64,
+        /// Steps of the whole run.
+        total: usize,
+    },
+}
+
+impl LrSchedule {
+    /// The rate at local step `step`.
+    pub fn at(&self, step: usize) -> f64 {
+        match *self {
+            LrSchedule::Constant(lr) => lr,
+            LrSchedule::Cosine { peak, total } => {
+                let progress = step.min(total) as f64 / total.max(1) as f64;
+                peak * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
+        }
+    }
+}
+
+impl Resolved {
+    /// The schedule for a run of `total_steps` local steps per node.
+    pub fn lr_schedule(&self, total_steps: usize) -> LrSchedule {
+        if self.raw.lr_schedule == "cosine" {
+            LrSchedule::Cosine {
+                peak: self.raw.lr,
+                total: total_steps,
+            }
+        } else {
+            LrSchedule::Constant(self.raw.lr)
+        }
+    }
+}
+
 impl TrainArgs {
     /// Merges defaults, the config file (if any) and the flags, and validates the result.
     pub fn resolve(&self) -> Result<Resolved, TrainError> {
@@ -193,6 +240,7 @@ impl TrainArgs {
             epochs,
             batch_size,
             lr,
+            lr_schedule,
             seed,
             model,
             partition,
@@ -254,6 +302,12 @@ impl TrainConfig {
                     .into(),
             ));
         }
+        if !matches!(self.lr_schedule.as_str(), "constant" | "cosine") {
+            return Err(cfg(format!(
+                "lr_schedule '{}' is not constant or cosine",
+                self.lr_schedule
+            )));
+        }
         let quant: quant::CodecSpec = self.quant.parse().map_err(|e| cfg(format!("quant: {e}")))?;
         let topology: topology::TopologySpec = self
             .topology
@@ -298,6 +352,25 @@ mod tests {
             (4, 0.2, "ring")
         );
         assert_eq!(r.raw.epochs, 10);
+    }
+
+    #[test]
+    fn cosine_schedule_runs_from_the_peak_to_zero() {
+        let s = LrSchedule::Cosine {
+            peak: 0.3,
+            total: 100,
+        };
+        assert_eq!(s.at(0), 0.3);
+        assert!((s.at(50) - 0.15).abs() < 1e-12);
+        assert!(s.at(100).abs() < 1e-12 && s.at(500).abs() < 1e-12);
+        assert_eq!(LrSchedule::Constant(0.1).at(77), 0.1);
+        let err = TrainArgs {
+            lr_schedule: Some("step".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("constant or cosine"), "{err}");
     }
 
     #[test]

@@ -94,7 +94,7 @@ struct Shared {
     steps_per_epoch: usize,
     epochs: usize,
     batch_size: usize,
-    lr: f64,
+    lr: crate::config::LrSchedule,
     seed: u64,
     /// End of an epoch: every node stopped stepping (and, for swarm, may fold its inbox).
     stopped: Barrier,
@@ -147,7 +147,7 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
         steps_per_epoch,
         epochs: cfg.raw.epochs,
         batch_size: cfg.raw.batch_size,
-        lr: cfg.raw.lr,
+        lr: cfg.lr_schedule(steps_per_epoch * cfg.raw.epochs),
         seed: cfg.raw.seed,
         stopped: Barrier::new(n),
         resumed: Barrier::new(n + 1),
@@ -361,13 +361,14 @@ fn node_loop(
     tx: &mpsc::Sender<NodeMsg>,
     mut model: FlatModel,
     mut at_boundary: impl FnMut(&mut FlatModel) -> Result<(), TrainError>,
-    mut after_step: impl FnMut(&mut FlatModel) -> Result<(), TrainError>,
+    mut after_step: impl FnMut(&mut FlatModel, f64) -> Result<(), TrainError>,
     stats: impl Fn() -> NodeStats,
 ) {
     let mut batches = Batches::new(
         &shared.parts[node],
         shared.seed ^ (node as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D),
     );
+    let mut step = 0usize;
     for _epoch in 0..shared.epochs {
         let mut loss_sum = 0.0;
         let mut steps = 0u64;
@@ -385,11 +386,12 @@ fn node_loop(
                         "loss became {loss}: lower the learning rate"
                     )));
                 }
-                after_step(&mut model)?;
+                after_step(&mut model, shared.lr.at(step))?;
                 Ok(loss)
             })();
             match result {
                 Ok(loss) => {
+                    step += 1;
                     loss_sum += loss;
                     steps += 1;
                     shared.steps_done.fetch_add(1, Ordering::Relaxed);
@@ -468,7 +470,6 @@ fn spawn_swarm(
                     return;
                 }
             };
-            let lr = shared.lr;
             let lock = || swarm.lock().unwrap_or_else(|p| p.into_inner());
             let mut model = model;
             if let Err(e) = model.with_params_mut(|p| lock().publish(p)) {
@@ -488,7 +489,7 @@ fn spawn_swarm(
                         .map(|_| ())
                         .map_err(TrainError::from)
                 },
-                |m| {
+                |m, lr| {
                     m.sgd_step(lr);
                     m.with_params_mut(|p| lock().after_local_step(p))
                         .map(|_| ())
@@ -570,7 +571,6 @@ fn spawn_allreduce(
                         return;
                     }
                 };
-                let lr = shared.lr;
                 let rounds = AtomicU64::new(0);
                 let mut grad = Vec::new();
                 node_loop(
@@ -579,7 +579,7 @@ fn spawn_allreduce(
                     &tx,
                     model,
                     |_| Ok(()),
-                    |m| {
+                    |m, lr| {
                         let round = rounds.fetch_add(1, Ordering::Relaxed);
                         m.with_grad_mut(&mut grad, |g| reducer.allreduce(round, g))?;
                         m.sgd_step(lr);
