@@ -41,3 +41,8 @@ pub use transport::{Completion, OpId, ReadOutcome, Transport, WriteOutcome};
 
 /// Index of a node, `0..n`.
 pub type NodeId = usize;
+
+/// The README's example, compiled and run as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
