@@ -335,8 +335,8 @@ struct DecodeKernel<'a, const B: usize> {
     inv_eps: f32,
     eps: f32,
     off: f32,
-    /// Sums of check terms (wrap counts offset by `MAGIC_BITS`) in 4 lanes.
-    sum: [u32; 4],
+    /// Sum of check terms (wrap counts offset by `MAGIC_BITS`).
+    sum: u32,
 }
 
 impl<const B: usize> crate::bits::DecodeKernel for DecodeKernel<'_, B> {
@@ -356,16 +356,23 @@ impl<const B: usize> crate::bits::DecodeKernel for DecodeKernel<'_, B> {
         let q = (1u32 << B) as f32;
         let (dt, wt) = (quad(self.dt, i), quad(self.wt, i));
         let mut out = [0f32; 4];
+        let mut terms = [0u32; 4];
         for l in 0..4 {
             let v = dt[l] + self.off;
             let cf = c[l] as i32 as f32;
             let zy = y[l] * self.inv_eps + v;
             // round((zy - c) / q) + MAGIC: the wrap count r, exact for |r| < 2^22.
             let rm = (zy - cf) * (1.0 / q) + MAGIC;
-            self.sum[l] = self.sum[l].wrapping_add(check_term(rm.to_bits(), wt[l]));
+            terms[l] = check_term(rm.to_bits(), wt[l]);
             let k = cf + (rm - MAGIC) * q;
             out[l] = (k - v) * self.eps;
         }
+        // One reduction tree per 4 coordinates, joined across the straight-line block.
+        self.sum = self.sum.wrapping_add(
+            terms[0]
+                .wrapping_add(terms[1])
+                .wrapping_add(terms[2].wrapping_add(terms[3])),
+        );
         out
     }
 }
@@ -396,12 +403,11 @@ fn decode_body<const B: usize>(
             inv_eps: 1.0 / a.eps,
             eps: a.eps,
             off: bucket_offset(a.nonce, b),
-            sum: [0; 4],
+            sum: 0,
         };
         decode_map::<B, _>(cb, rb, ob, &mut k);
         let n = ob.len().next_multiple_of(BLOCK) as u32;
-        let sum = k.sum.iter().fold(0u32, |a, s| a.wrapping_add(*s));
-        let check = sum.wrapping_sub(n.wrapping_mul(MAGIC_BITS));
+        let check = k.sum.wrapping_sub(n.wrapping_mul(MAGIC_BITS));
         let want = u32::from_le_bytes([
             a.checks[4 * b],
             a.checks[4 * b + 1],
