@@ -81,6 +81,12 @@ pub struct SwarmNode<T: Transport> {
     /// The decoded peer model (quantized reads; raw reads are averaged straight from `read_buf`).
     peer_model: Vec<f32>,
     correction: Vec<f32>,
+    /// Encodes pairwise corrections (relative to zero); `None` sends them as raw f32.
+    correction_codec: Option<Box<dyn Codec>>,
+    correction_bytes: Vec<u8>,
+    /// The correction as the partner will decode it.
+    correction_decoded: Vec<f32>,
+    zeros: Vec<f32>,
     unreachable: BTreeSet<NodeId>,
     stats: NodeStats,
 }
@@ -139,9 +145,27 @@ impl<T: Transport> SwarmNode<T> {
             read_buf: Vec::new(),
             peer_model: vec![0.0; dim],
             correction: vec![0.0; dim],
+            correction_codec: None,
+            correction_bytes: Vec::new(),
+            correction_decoded: Vec::new(),
+            zeros: Vec::new(),
             unreachable: BTreeSet::new(),
             stats: NodeStats::default(),
         })
+    }
+
+    /// Sends pairwise corrections encoded with `codec` (decoded relative to a zero vector) instead
+    /// of raw f32. The sum of models stays exactly conserved: this node subtracts the correction as
+    /// the partner will decode it, not the exact one. A codec whose payload would be as large as the
+    /// raw correction is not used.
+    pub fn with_correction_codec(mut self, mut codec: Box<dyn Codec>) -> Result<Self, SwarmError> {
+        self.zeros = vec![0.0; self.dim];
+        codec.encode(&self.zeros, &mut self.correction_bytes)?;
+        if self.correction_bytes.len() < 4 * self.dim {
+            self.correction_decoded = vec![0.0; self.dim];
+            self.correction_codec = Some(codec);
+        }
+        Ok(self)
     }
 
     /// This node's id.
@@ -200,10 +224,29 @@ impl<T: Transport> SwarmNode<T> {
         self.check_len(params)?;
         let mut folded = 0u64;
         let mut rejected = 0u64;
-        let expected = 4 * self.dim;
+        let raw_len = 4 * self.dim;
+        let (codec, zeros, decoded) = (
+            &self.correction_codec,
+            &self.zeros,
+            &mut self.correction_decoded,
+        );
         let taken = self.transport.take_inbox(&mut |_writer, bytes| {
-            if bytes.len() == expected && all_finite_le(bytes) {
-                fold_correction_le(params, bytes);
+            let ok = if bytes.len() == raw_len {
+                all_finite_le(bytes) && {
+                    fold_correction_le(params, bytes);
+                    true
+                }
+            } else if let Some(codec) = codec {
+                matches!(codec.decode(bytes, zeros, decoded), Ok(r) if r.is_ok())
+                    && decoded.iter().all(|v| v.is_finite())
+                    && {
+                        fold_correction(params, decoded);
+                        true
+                    }
+            } else {
+                false
+            };
+            if ok {
                 folded += 1;
             } else {
                 rejected += 1;
@@ -281,7 +324,7 @@ impl<T: Transport> SwarmNode<T> {
                 } else {
                     pairwise_average(params, &self.peer_model, &mut self.correction);
                 }
-                if !self.deposit_correction(peer)? {
+                if !self.deposit_correction(peer, params)? {
                     // Not delivered: undo our half so that the sum of models stays conserved.
                     fold_correction(params, &self.correction);
                     return Ok(false);
@@ -294,12 +337,41 @@ impl<T: Transport> SwarmNode<T> {
         Ok(true)
     }
 
-    /// Writes `self.correction` into `peer`'s inbox. Returns whether it was delivered.
-    fn deposit_correction(&mut self, peer: NodeId) -> Result<bool, SwarmError> {
-        let op = match self
-            .transport
-            .start_write(peer, &le_bytes(&self.correction))
-        {
+    /// Writes `self.correction` into `peer`'s inbox, encoded if a correction codec is set (then
+    /// `params` and `self.correction` are adjusted to the decoded correction, so that the sum of
+    /// models stays exact). Returns whether it was delivered.
+    fn deposit_correction(&mut self, peer: NodeId, params: &mut [f32]) -> Result<bool, SwarmError> {
+        let mut encoded = false;
+        if let Some(codec) = &mut self.correction_codec {
+            codec.observe_distance(linf_distance(&self.correction, &self.zeros));
+            codec.encode(&self.correction, &mut self.correction_bytes)?;
+            let report = codec.decode(
+                &self.correction_bytes,
+                &self.zeros,
+                &mut self.correction_decoded,
+            );
+            if matches!(report, Ok(r) if r.is_ok())
+                && self.correction_decoded.iter().all(|v| v.is_finite())
+            {
+                for ((x, c), d) in params
+                    .iter_mut()
+                    .zip(&self.correction)
+                    .zip(&self.correction_decoded)
+                {
+                    *x += c - d;
+                }
+                self.correction.copy_from_slice(&self.correction_decoded);
+                encoded = true;
+            }
+        }
+        let payload: &[u8] = if encoded {
+            &self.correction_bytes
+        } else {
+            &le_bytes(&self.correction)
+        };
+        let payload_len = payload.len() as u64;
+        let started = self.transport.start_write(peer, payload);
+        let op = match started {
             Ok(op) => op,
             Err(e) => {
                 self.mark_unreachable(peer, e);
@@ -311,7 +383,7 @@ impl<T: Transport> SwarmNode<T> {
                 result: Ok(WriteOutcome::Delivered),
                 ..
             } => {
-                self.stats.bytes_written += 4 * self.dim as u64;
+                self.stats.bytes_written += payload_len;
                 Ok(true)
             }
             Completion::Write {

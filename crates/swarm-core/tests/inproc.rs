@@ -290,3 +290,61 @@ fn a_failed_quantized_decode_falls_back_to_full_precision() {
     assert_eq!(a.stats().decode_fallbacks, 1);
     assert_eq!(a.stats().bytes_read, 4 + 4 + 16);
 }
+
+#[test]
+fn quantized_corrections_keep_the_sum_exact_and_shrink_the_writes() {
+    let dim = 4096;
+    let graph = vec![vec![1], vec![0]];
+    let fabric = InProcessFabric::new(graph.clone(), 8 * dim).unwrap();
+    let spec: quant::CodecSpec = "lattice:8".parse().unwrap();
+    let make = |id: usize| {
+        SwarmNode::new(
+            fabric.endpoint(id).unwrap(),
+            graph[id].clone(),
+            dim,
+            Interaction::Pairwise,
+            LocalSteps::Fixed(1),
+            spec.build(3).unwrap(),
+            5,
+        )
+        .unwrap()
+        .with_correction_codec(spec.build(4).unwrap())
+        .unwrap()
+    };
+    let (mut a, mut b) = (make(0), make(1));
+    let mut xa: Vec<f32> = (0..dim).map(|k| (k as f32 * 0.37).sin()).collect();
+    let mut xb: Vec<f32> = (0..dim).map(|k| (k as f32 * 0.11).cos() * 0.5).collect();
+    let sum = |a: &[f32], b: &[f32]| -> Vec<f64> {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| f64::from(*x) + f64::from(*y))
+            .collect()
+    };
+    let start = sum(&xa, &xb);
+    a.publish(&xa).unwrap();
+    b.publish(&xb).unwrap();
+    for _ in 0..20 {
+        assert!(a.interact_with(1, &mut xa).unwrap());
+        assert_eq!(b.step_boundary(&mut xb).unwrap(), 1);
+        assert!(b.interact_with(0, &mut xb).unwrap());
+        assert_eq!(a.step_boundary(&mut xa).unwrap(), 1);
+    }
+    let drift = sum(&xa, &xb)
+        .iter()
+        .zip(&start)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(drift < 1e-5, "the sum drifted by {drift}");
+    let gap = xa
+        .iter()
+        .zip(&xb)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(gap < 1e-3, "models still {gap} apart");
+    let written = a.stats().bytes_written + b.stats().bytes_written;
+    let raw = 40 * 4 * dim as u64;
+    assert!(
+        written * 100 < 30 * raw,
+        "{written} bytes written vs {raw} raw"
+    );
+}

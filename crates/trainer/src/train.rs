@@ -451,6 +451,18 @@ fn spawn_swarm(
             cfg.raw.seed,
         )
         .map_err(|e| TrainError::Config(e.to_string()))?;
+        // Pairwise corrections travel with the same codec as the models (quantized runs only).
+        let swarm = if cfg.quant.to_string() == "none" {
+            swarm
+        } else {
+            let correction_codec = cfg
+                .quant
+                .build(cfg.raw.seed ^ 0xC0EE)
+                .map_err(|e| TrainError::Config(format!("quant: {e}")))?;
+            swarm
+                .with_correction_codec(correction_codec)
+                .map_err(|e| TrainError::Config(e.to_string()))?
+        };
         let swarm = Arc::new(Mutex::new(swarm));
         let shared = Arc::clone(shared);
         let tx = tx.clone();
