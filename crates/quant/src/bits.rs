@@ -2,14 +2,17 @@
 //!
 //! Codes are packed in blocks of [`BLOCK`] = 64 codes, `8*B` bytes each (the last block of a
 //! vector is zero-padded and cut to `ceil(n*B/8)` bytes in total). Inside a block:
-//! - widths 4, 8 and 16 use a *vertical* layout: `2*B` little-endian 32-bit words, word `w`
-//!   holding codes `w, w + 2B, w + 4B, ...` from its low bits up (so it vectorizes with SSE2
-//!   shifts and ors, like `bitpacking`'s lane-interleaved layouts);
+//! - widths 1, 2, 4, 8 and 16 use a *vertical* layout: `L = max(4, 2B)` little-endian words of
+//!   `64B/L` bits (16-bit words for `B = 1`, 32-bit words otherwise), word `w` holding codes
+//!   `w, w + L, w + 2L, ...` from its low bits up. Every word gathers codes a fixed stride
+//!   apart, so packing is in-lane shifts and ors at 4 lanes or more (SSE2), like `bitpacking`'s
+//!   lane-interleaved layouts, and a codec kernel packs its codes 4 at a time as it produces
+//!   them;
 //! - every other width, and the last partial block of a vector at any width, is sequential:
 //!   code `i` occupies bits `i*B .. (i+1)*B` of the block read as one little-endian integer.
 //!
-//! Widths 1, 2, 4, 8 and 16 have dedicated loops; the others a generic 8-codes-at-a-time loop,
-//! all monomorphized per width.
+//! Codec kernels implement [`EncodeKernel`] / [`DecodeKernel`] (4 coordinates per call) and run
+//! through [`encode_map`] / [`decode_map`]; everything is monomorphized per width.
 
 use crate::QuantError;
 
@@ -446,8 +449,8 @@ fn unpack_all<const B: usize>(bytes: &[u8], out: &mut [u32]) {
 /// Packs `codes` at `bits` bits each (1..=16; higher bits of each code are ignored) into `out`,
 /// replacing its contents with `packed_len(codes.len(), bits)` bytes.
 ///
-/// See the module documentation for the layout: 2-bit codes are sequential; 4-bit codes are
-/// vertical in full blocks of 64.
+/// See the module documentation for the layout: widths 1, 2, 4, 8 and 16 are vertical in full
+/// blocks of 64, everything else (and every last partial block) sequential.
 ///
 /// ```
 /// let mut bytes = Vec::new();
