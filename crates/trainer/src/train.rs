@@ -104,6 +104,13 @@ struct Shared {
     steps_done: AtomicU64,
 }
 
+impl Shared {
+    /// A model with the run's common initialisation (every node starts from the same point).
+    fn new_model(&self) -> Result<FlatModel, TrainError> {
+        FlatModel::new(self.kind, self.train.shape, self.classes, self.seed)
+    }
+}
+
 /// Runs the configured training and writes metrics.csv, summary.json and model.safetensors.
 pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
     let started = Instant::now();
@@ -158,7 +165,7 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
     let training_started = Instant::now();
     let handles = match cfg.raw.algo {
         Algo::Swarm => spawn_swarm(cfg, &shared, &neighbours, dim, &tx)?,
-        Algo::Allreduce => spawn_allreduce(&shared, dim, &tx),
+        Algo::Allreduce => spawn_allreduce(&shared, dim, &tx)?,
     };
     drop(tx);
 
@@ -463,34 +470,15 @@ fn spawn_swarm(
                 .with_correction_codec(correction_codec)
                 .map_err(|e| TrainError::Config(e.to_string()))?
         };
+        // Built here, not in the thread: a failure stops the run before any node waits on a barrier.
+        let mut model = shared.new_model()?;
+        let mut swarm = swarm;
+        model.with_params_mut(|p| swarm.publish(p))?;
         let swarm = Arc::new(Mutex::new(swarm));
         let shared = Arc::clone(shared);
         let tx = tx.clone();
         handles.push(std::thread::spawn(move || {
-            let model = match FlatModel::new(
-                shared.kind,
-                shared.train.shape,
-                shared.classes,
-                shared.seed,
-            ) {
-                Ok(m) => m,
-                Err(e) => {
-                    let _ = tx.send(NodeMsg::Failed {
-                        node: i,
-                        error: e.to_string(),
-                    });
-                    return;
-                }
-            };
             let lock = || swarm.lock().unwrap_or_else(|p| p.into_inner());
-            let mut model = model;
-            if let Err(e) = model.with_params_mut(|p| lock().publish(p)) {
-                let _ = tx.send(NodeMsg::Failed {
-                    node: i,
-                    error: e.to_string(),
-                });
-                return;
-            }
             node_loop(
                 i,
                 &shared,
@@ -552,7 +540,7 @@ fn spawn_allreduce(
     shared: &Arc<Shared>,
     dim: usize,
     tx: &mpsc::Sender<NodeMsg>,
-) -> Vec<std::thread::JoinHandle<()>> {
+) -> Result<Vec<std::thread::JoinHandle<()>>, TrainError> {
     let n = shared.parts.len();
     let reducer = Arc::new(Reducer {
         sums: [
@@ -564,25 +552,11 @@ fn spawn_allreduce(
     });
     (0..n)
         .map(|i| {
+            let model = shared.new_model()?;
             let shared = Arc::clone(shared);
             let reducer = Arc::clone(&reducer);
             let tx = tx.clone();
-            std::thread::spawn(move || {
-                let model = match FlatModel::new(
-                    shared.kind,
-                    shared.train.shape,
-                    shared.classes,
-                    shared.seed,
-                ) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        let _ = tx.send(NodeMsg::Failed {
-                            node: i,
-                            error: e.to_string(),
-                        });
-                        return;
-                    }
-                };
+            let handle = std::thread::spawn(move || {
                 let rounds = AtomicU64::new(0);
                 let mut grad = Vec::new();
                 node_loop(
@@ -603,19 +577,8 @@ fn spawn_allreduce(
                         ..NodeStats::default()
                     },
                 );
-            })
+            });
+            Ok(handle)
         })
         .collect()
-}
-
-/// Evaluates a saved set of parameters (used by tests and `swarm eval`).
-pub fn evaluate_params(
-    kind: ModelKind,
-    split: &Split,
-    classes: usize,
-    params: &[f32],
-) -> Result<(f64, f64), TrainError> {
-    let mut model = FlatModel::new(kind, split.shape, classes, 0)?;
-    model.load(params)?;
-    Ok(model.evaluate(split))
 }
