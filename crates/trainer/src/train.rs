@@ -250,7 +250,8 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
             interactions,
             model_spread: swarm_core::spread(models.iter().copied()),
         };
-        bar.println(format!(
+        // Printed also when stderr is not a terminal (indicatif then draws nothing).
+        let line = format!(
             "epoch {epoch:>3}/{}  train loss {:.4}  test loss {:.4}  test acc {:.2}%  spread {:.3e}  {} sent  {} interactions  {:.2} s/epoch",
             cfg.raw.epochs,
             row.train_loss,
@@ -260,7 +261,8 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
             human_bytes(row.bytes_sent_total),
             row.interactions,
             row.train_seconds / epoch as f64,
-        ));
+        );
+        bar.suspend(|| eprintln!("{line}"));
         rows.push(row);
         eval_seconds += eval_start.elapsed().as_secs_f64();
         last = Some((snapshots, eval_model));

@@ -42,6 +42,12 @@ fn small_run(out: &Path, extra: &[&str]) -> serde_json::Value {
         "swarm failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let epoch_lines = stderr.lines().filter(|l| l.starts_with("epoch ")).count();
+    assert_eq!(
+        epoch_lines, 2,
+        "one log line per epoch, also without a terminal:\n{stderr}"
+    );
     summary(out)
 }
 
