@@ -62,7 +62,6 @@ pub struct Simulator<O: Objective> {
     /// `slots[j][i]`: the correction node i deposited at node j, not yet folded.
     slots: Vec<BTreeMap<NodeId, Vec<f32>>>,
     stats: SimStats,
-    scratch: Vec<f32>,
 }
 
 impl<O: Objective> Simulator<O> {
@@ -127,7 +126,6 @@ impl<O: Objective> Simulator<O> {
             published: vec![None; n],
             slots: vec![BTreeMap::new(); n],
             stats: SimStats::default(),
-            scratch: Vec::new(),
         };
         for i in 0..n {
             sim.publish(i)?;
@@ -297,20 +295,16 @@ impl<O: Objective> Simulator<O> {
     /// What `reader` decodes from `owner`'s published copy, relative to its own model.
     fn read_published(&mut self, reader: NodeId, owner: NodeId) -> Option<Vec<f32>> {
         let (encoded, full) = self.published[owner].as_ref()?;
-        let mut out = std::mem::take(&mut self.scratch);
-        out.resize(full.len(), 0.0);
-        self.stats.bytes += encoded.len() as u64;
-        let ok = matches!(self.codecs[reader].decode(encoded, &self.models[reader], &mut out), Ok(r) if r.is_ok());
-        if !ok {
-            self.stats.decode_fallbacks += 1;
-            self.stats.bytes += 4 * full.len() as u64;
-            out.copy_from_slice(full);
-        }
-        let distance = linf_distance(&self.models[reader], &out);
-        self.codecs[reader].observe_distance(distance);
-        Some(out)
+        Some(decode_or_fall_back(
+            self.codecs[reader].as_mut(),
+            &self.models[reader],
+            encoded,
+            full,
+            &mut self.stats,
+        ))
     }
 
+    /// What `reader` decodes from `owner`'s current model `x`, exchanged at this moment.
     fn decode_current(
         &mut self,
         reader: NodeId,
@@ -319,15 +313,33 @@ impl<O: Objective> Simulator<O> {
     ) -> Result<Vec<f32>, SwarmError> {
         let mut encoded = Vec::new();
         self.codecs[owner].encode(x, &mut encoded)?;
-        self.stats.bytes += encoded.len() as u64;
-        let mut out = vec![0.0; x.len()];
-        let ok = matches!(self.codecs[reader].decode(&encoded, &self.models[reader], &mut out), Ok(r) if r.is_ok());
-        if !ok {
-            self.stats.decode_fallbacks += 1;
-            out.copy_from_slice(x);
-        }
-        let distance = linf_distance(&self.models[reader], &out);
-        self.codecs[reader].observe_distance(distance);
-        Ok(out)
+        Ok(decode_or_fall_back(
+            self.codecs[reader].as_mut(),
+            &self.models[reader],
+            &encoded,
+            x,
+            &mut self.stats,
+        ))
     }
+}
+
+/// Decodes `encoded` relative to the reader's `reference`; a decode that fails its check is
+/// replaced by the full-precision copy `full` (and its bytes counted). The reader's codec then
+/// observes the distance to what was read.
+fn decode_or_fall_back(
+    codec: &mut dyn Codec,
+    reference: &[f32],
+    encoded: &[u8],
+    full: &[f32],
+    stats: &mut SimStats,
+) -> Vec<f32> {
+    let mut out = vec![0.0; full.len()];
+    stats.bytes += encoded.len() as u64;
+    if !matches!(codec.decode(encoded, reference, &mut out), Ok(r) if r.is_ok()) {
+        stats.decode_fallbacks += 1;
+        stats.bytes += 4 * full.len() as u64;
+        out.copy_from_slice(full);
+    }
+    codec.observe_distance(linf_distance(reference, &out));
+    out
 }
