@@ -136,8 +136,9 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
     let neighbours: Vec<Vec<usize>> = (0..n).map(|i| graph.neighbours(i).to_vec()).collect();
     let parts = cfg.partition.split(&data.train.labels, n, cfg.raw.seed)?;
     let classes = data.train.classes().max(data.test.classes());
-    let probe = FlatModel::new(cfg.model, data.train.shape, classes, cfg.raw.seed)?;
-    let dim = probe.dim();
+    // Evaluates the averaged model each epoch, and each node's model at the end.
+    let mut eval_model = FlatModel::new(cfg.model, data.train.shape, classes, cfg.raw.seed)?;
+    let dim = eval_model.dim();
     std::fs::create_dir_all(&cfg.raw.out).map_err(|e| {
         TrainError::Output(format!(
             "cannot create output directory {}: {e}",
@@ -226,7 +227,6 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
             .into_iter()
             .map(|v| v as f32)
             .collect();
-        let mut eval_model = FlatModel::new(cfg.model, data.train.shape, classes, cfg.raw.seed)?;
         eval_model.load(&average)?;
         let (test_loss, test_accuracy) = eval_model.evaluate(&data.test);
         let train_seconds = training_started.elapsed().as_secs_f64() - eval_seconds;
@@ -265,7 +265,7 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
         bar.suspend(|| eprintln!("{line}"));
         rows.push(row);
         eval_seconds += eval_start.elapsed().as_secs_f64();
-        last = Some((snapshots, eval_model));
+        last = Some((snapshots, average));
         shared.resumed.wait();
     }
     bar.finish_and_clear();
@@ -275,15 +275,15 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
     if let Some(f) = failure {
         return Err(TrainError::Node(f));
     }
-    let Some((snapshots, eval_model)) = last else {
+    let Some((snapshots, average)) = last else {
         return Err(TrainError::Node("no epoch completed".into()));
     };
     let mut node_accuracies = Vec::with_capacity(n);
-    let mut node_model = FlatModel::new(cfg.model, data.train.shape, classes, cfg.raw.seed)?;
     for (params, _) in &snapshots {
-        node_model.load(params)?;
-        node_accuracies.push(node_model.evaluate(&data.test).1);
+        eval_model.load(params)?;
+        node_accuracies.push(eval_model.evaluate(&data.test).1);
     }
+    eval_model.load(&average)?;
     let final_row = rows
         .last()
         .cloned()
