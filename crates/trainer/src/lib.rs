@@ -4,6 +4,7 @@
 //! configuration ([`config::TrainArgs`]) and writes `metrics.csv`, `summary.json` and
 //! `model.safetensors` into its output directory.
 
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 mod flat;
@@ -26,6 +27,9 @@ pub enum TrainError {
     /// The outputs could not be written.
     #[error("output error: {0}")]
     Output(String),
+    /// A checkpoint could not be written, or read back, or does not fit the run.
+    #[error("checkpoint error: {0}")]
+    Checkpoint(String),
 }
 
 impl From<swarm_core::SwarmError> for TrainError {

@@ -180,6 +180,17 @@ impl FlatModel {
         &self.specs
     }
 
+    /// Names and shapes of the parameters in flat order (for checkpoints).
+    pub fn layout(&self) -> Vec<crate::checkpoint::ParamLayout> {
+        self.specs
+            .iter()
+            .map(|s| crate::checkpoint::ParamLayout {
+                name: s.name.clone(),
+                shape: s.shape.iter().map(|&d| d as usize).collect(),
+            })
+            .collect()
+    }
+
     fn by_name(&self, name: &str) -> &Tensor {
         let k = self.specs.iter().position(|s| s.name == name).unwrap_or(0);
         &self.leaves[k]
