@@ -39,3 +39,18 @@ if [ ! -f "$libtorch/lib/libtorch_cpu.so" ]; then
   rm -rf "$libtorch" && mv "$staging" "$libtorch"
   echo "setup: libtorch ready in $libtorch"
 fi
+
+# RDMA (crates/rdma-transport, tools/rxe-vm): cmake/clang build sideway's verbs bindings; qemu,
+# busybox, kmod and the verbs userspace (+ perftest) run the soft-RoCE VM tests. The guest kernel
+# (Debian's linux-image .deb) is fetched by tools/rxe-vm/run.sh with `apt-get download` on first use.
+rdma_packages=(cmake clang libclang-dev qemu-system-x86 busybox-static kmod rdma-core ibverbs-providers
+  ibverbs-utils libibverbs-dev perftest iproute2 zstd xz-utils cpio)
+missing=()
+for p in "${rdma_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing Debian packages for RDMA: ${missing[*]}"
+  sudo_if_needed apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
