@@ -32,6 +32,9 @@ pub struct NodeStats {
     pub decode_fallbacks: u64,
     /// Peer models rejected because they held non-finite values.
     pub rejected_non_finite: u64,
+    /// Peer models and corrections rejected because they lay further from this node's model than
+    /// the configured limit ([`SwarmNode::with_max_peer_distance`]).
+    pub rejected_absurd: u64,
     /// Peer models read consistently (each moves the encoded model; a failed decode then also
     /// moves the full-precision copy).
     pub models_read: u64,
@@ -88,6 +91,7 @@ pub struct SwarmNode<T: Transport> {
     correction_decoded: Vec<f32>,
     zeros: Vec<f32>,
     unreachable: BTreeSet<NodeId>,
+    max_peer_distance: Option<f32>,
     stats: NodeStats,
 }
 
@@ -150,6 +154,7 @@ impl<T: Transport> SwarmNode<T> {
             correction_decoded: Vec::new(),
             zeros: Vec::new(),
             unreachable: BTreeSet::new(),
+            max_peer_distance: None,
             stats: NodeStats::default(),
         })
     }
@@ -166,6 +171,26 @@ impl<T: Transport> SwarmNode<T> {
             self.correction_codec = Some(codec);
         }
         Ok(self)
+    }
+
+    /// Rejects a peer model whose largest coordinate-wise distance from this node's model exceeds
+    /// `limit`, and an inbox correction with a coordinate larger than `limit / 2` (a correction is
+    /// half a difference of models): a peer gone wrong, or a hostile one, cannot drag this node's
+    /// model away. Such copies count in [`NodeStats::rejected_absurd`].
+    pub fn with_max_peer_distance(mut self, limit: f32) -> Self {
+        self.max_peer_distance = Some(limit);
+        self
+    }
+
+    /// Contacts `peer` again after it was marked unreachable (e.g. it restarted and its new
+    /// address was given to the transport). Returns whether it had been unreachable.
+    pub fn readmit(&mut self, peer: NodeId) -> bool {
+        self.unreachable.remove(&peer)
+    }
+
+    /// The transport, e.g. to give it a restarted peer's new address.
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
     }
 
     /// This node's id.
@@ -224,32 +249,44 @@ impl<T: Transport> SwarmNode<T> {
         self.check_len(params)?;
         let mut folded = 0u64;
         let mut rejected = 0u64;
+        let mut absurd = 0u64;
         let raw_len = 4 * self.dim;
+        let half_limit = self.max_peer_distance.map(|d| d / 2.0);
+        let within = |values: &mut dyn Iterator<Item = f32>| {
+            half_limit.is_none_or(|limit| values.fold(true, |ok, v| ok & (v.abs() <= limit)))
+        };
         let (codec, zeros, decoded) = (
             &self.correction_codec,
             &self.zeros,
             &mut self.correction_decoded,
         );
         let taken = self.transport.take_inbox(&mut |_writer, bytes| {
-            let ok = if bytes.len() == raw_len {
-                all_finite_le(bytes) && {
-                    fold_correction_le(params, bytes);
-                    true
-                }
-            } else if let Some(codec) = codec {
-                matches!(codec.decode(bytes, zeros, decoded), Ok(r) if r.is_ok())
-                    && decoded.iter().all(|v| v.is_finite())
-                    && {
-                        fold_correction(params, decoded);
-                        true
+            // Some(true): folded; Some(false): finite but too far (absurd); None: unusable.
+            let verdict = if bytes.len() == raw_len {
+                all_finite_le(bytes).then(|| {
+                    let near = within(&mut le_values(bytes));
+                    if near {
+                        fold_correction_le(params, bytes);
                     }
+                    near
+                })
+            } else if let Some(codec) = codec {
+                (matches!(codec.decode(bytes, zeros, decoded), Ok(r) if r.is_ok())
+                    && decoded.iter().all(|v| v.is_finite()))
+                .then(|| {
+                    let near = within(&mut decoded.iter().copied());
+                    if near {
+                        fold_correction(params, decoded);
+                    }
+                    near
+                })
             } else {
-                false
+                None
             };
-            if ok {
-                folded += 1;
-            } else {
-                rejected += 1;
+            match verdict {
+                Some(true) => folded += 1,
+                Some(false) => absurd += 1,
+                None => rejected += 1,
             }
         })?;
         if taken > 0 {
@@ -260,6 +297,7 @@ impl<T: Transport> SwarmNode<T> {
         }
         self.stats.corrections_folded += folded;
         self.stats.rejected_non_finite += rejected;
+        self.stats.rejected_absurd += absurd;
         Ok(folded as usize)
     }
 
@@ -419,6 +457,16 @@ impl<T: Transport> SwarmNode<T> {
                 self.stats.rejected_non_finite += 1;
                 return Ok(false);
             }
+            if let Some(limit) = self.max_peer_distance {
+                let far = reference
+                    .iter()
+                    .zip(le_values(&self.read_buf))
+                    .any(|(a, b)| (a - b).abs() > limit);
+                if far {
+                    self.stats.rejected_absurd += 1;
+                    return Ok(false);
+                }
+            }
             return Ok(true);
         }
         let report = self
@@ -438,6 +486,12 @@ impl<T: Transport> SwarmNode<T> {
         if !self.peer_model.iter().all(|v| v.is_finite()) {
             self.stats.rejected_non_finite += 1;
             return Ok(false);
+        }
+        if let Some(limit) = self.max_peer_distance {
+            if linf_distance(reference, &self.peer_model) > limit {
+                self.stats.rejected_absurd += 1;
+                return Ok(false);
+            }
         }
         Ok(true)
     }
@@ -468,13 +522,21 @@ impl<T: Transport> SwarmNode<T> {
     /// Polls until `op` completes. Operations are issued one at a time, so no other completion
     /// can be pending.
     fn wait(&mut self, op: OpId) -> Completion {
+        let mut polls = 0u32;
         loop {
             if let Some(c) = self.transport.poll() {
                 if c.op() == op {
                     return c;
                 }
             }
-            std::hint::spin_loop();
+            // Spin briefly for fast (in-process, RDMA) completions, then leave the core to others:
+            // networked operations take far longer than a spin, and processes may share cores.
+            polls = polls.saturating_add(1);
+            if polls < 1024 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
     }
 

@@ -233,6 +233,47 @@ fn a_node_skips_peers_that_never_published_and_rejects_non_finite_models() {
     assert_eq!(a.stats().bytes_read, 2 * 16);
 }
 
+#[test]
+fn a_node_with_a_distance_limit_rejects_absurd_models_and_corrections() {
+    let graph = vec![vec![1], vec![0]];
+    let fabric = InProcessFabric::new(graph.clone(), 8 + 16).unwrap();
+    let mut a = node(&fabric, &graph, 0, 4, Interaction::Pairwise).with_max_peer_distance(10.0);
+    let mut b = node(&fabric, &graph, 1, 4, Interaction::Pairwise);
+    let mut x = vec![1.0f32; 4];
+    b.publish(&[1.0, 1.0, 1.0, 1e6]).unwrap();
+    assert!(!a.interact_with(1, &mut x).unwrap());
+    assert_eq!(x, vec![1.0; 4]);
+    assert_eq!(a.stats().rejected_absurd, 1);
+    b.publish(&[1.0, 1.0, 1.0, 11.0]).unwrap(); // just within: distance 10
+    assert!(a.interact_with(1, &mut x).unwrap());
+    assert_eq!(x, vec![1.0, 1.0, 1.0, 6.0]);
+
+    // b (no limit) deposits a correction of 1e6 / 2 into a's inbox: a refuses to fold it.
+    a.publish(&[1e6, 0.0, 0.0, 0.0]).unwrap();
+    let mut z = vec![0.0f32; 4];
+    assert!(b.interact_with(0, &mut z).unwrap());
+    let mut mine = vec![1e6f32, 0.0, 0.0, 0.0];
+    a.step_boundary(&mut mine).unwrap();
+    assert_eq!(mine, vec![1e6, 0.0, 0.0, 0.0]);
+    assert_eq!(a.stats().rejected_absurd, 2);
+    assert_eq!(a.stats().corrections_folded, 0);
+}
+
+#[test]
+fn an_unreachable_peer_can_be_readmitted() {
+    let graph = vec![vec![1], vec![0]];
+    let fabric = InProcessFabric::new(graph.clone(), 8 + 16).unwrap();
+    let mut a = node(&fabric, &graph, 0, 4, Interaction::Pull);
+    let mut x = vec![1.0f32; 4];
+    // Node 7 is not on the fabric: the transport fails and a stops contacting it.
+    assert!(!a.interact_with(7, &mut x).unwrap());
+    assert!(a.unreachable().contains(&7));
+    assert_eq!(a.stats().skipped_unreachable, 1);
+    assert!(a.readmit(7));
+    assert!(!a.readmit(7));
+    assert!(a.unreachable().is_empty());
+}
+
 /// Quantizes to integers, and reports failure whenever the reader is more than 0.5 away.
 struct RoundingCodec;
 
