@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use quant::{Codec, IdentityCodec};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::algorithm::{
     all_finite_le, average_into, average_into_le, fold_correction, fold_correction_le, le_bytes,
@@ -16,7 +16,8 @@ use crate::transport::{Completion, OpId, ReadOutcome, Transport, WriteOutcome};
 use crate::{Interaction, LocalSteps, NodeId, Schedule, SwarmError, TransportError};
 
 /// What a node did, for metrics and for the tests' accounting.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct NodeStats {
     /// Local SGD steps taken.
     pub local_steps: u64,

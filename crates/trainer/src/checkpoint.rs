@@ -490,6 +490,74 @@ pub fn load_run(dir: &Path, nodes: usize) -> Result<Vec<NodeCheckpoint>, TrainEr
     Ok(out)
 }
 
+/// The checkpoints of every node of a run to resume from `dir` (see [`resolve_resume_dir`]),
+/// checked against this run: `nodes`, `algo`, the model `layout`, and `steps_per_epoch` (a changed
+/// batch size or training subset would silently shift the schedule); `epochs` must lie ahead.
+pub fn load_for_run(
+    dir: &Path,
+    nodes: usize,
+    algo: &str,
+    layout: &[ParamLayout],
+    steps_per_epoch: usize,
+    epochs: usize,
+) -> Result<Vec<NodeCheckpoint>, TrainError> {
+    let dir = resolve_resume_dir(dir)?;
+    let run = load_run(&dir, nodes)?;
+    for (k, ck) in run.iter().enumerate() {
+        let path = node_file(&dir, k);
+        ck.ensure_fits(&path, k, nodes, algo, layout)?;
+        if ck.step != (ck.epoch * steps_per_epoch) as u64 {
+            return Err(TrainError::Checkpoint(format!(
+                "{}: {} steps in {} epochs, but this run takes {steps_per_epoch} steps per epoch: \
+                 use the checkpointed run's batch size and training subset",
+                path.display(),
+                ck.step,
+                ck.epoch
+            )));
+        }
+        if ck.epoch >= epochs {
+            return Err(TrainError::Checkpoint(format!(
+                "{}: the run already completed {} epochs; pass --epochs larger than that to go on",
+                path.display(),
+                ck.epoch
+            )));
+        }
+    }
+    Ok(run)
+}
+
+/// Writes the checkpoints of all nodes of an in-process run at the end of epoch `epoch`, after
+/// `step` local steps per node (see [`write_epoch`]).
+pub fn write_run_epoch(
+    cfg: &crate::config::Resolved,
+    epoch: usize,
+    step: u64,
+    params: &[&[f32]],
+    optimizer_states: Vec<Vec<f32>>,
+    layout: &[ParamLayout],
+) -> Result<PathBuf, TrainError> {
+    let config_toml = toml::to_string(&cfg.raw)
+        .map_err(|e| TrainError::Checkpoint(format!("cannot encode the config: {e}")))?;
+    let nodes: Vec<NodeCheckpoint> = params
+        .iter()
+        .zip(optimizer_states)
+        .enumerate()
+        .map(|(node, (p, optimizer_state))| NodeCheckpoint {
+            node,
+            nodes: params.len(),
+            step,
+            epoch,
+            params: p.to_vec(),
+            optimizer_state,
+            algo: cfg.raw.algo.to_string(),
+            model: cfg.raw.model.clone(),
+            config_toml: config_toml.clone(),
+            layout: layout.to_vec(),
+        })
+        .collect();
+    write_epoch(&cfg.raw.out, epoch, &nodes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,7 +51,8 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// Peak learning rate of plain SGD.
     pub lr: f64,
-    /// How the learning rate moves over the run: constant, or cosine (decays to 0 at the end).
+    /// How the learning rate moves over the run: constant, cosine (decays to 0 at the end), or
+    /// step:EPOCHS[:GAMMA] (multiplied by GAMMA, default 0.1, every EPOCHS epochs).
     pub lr_schedule: String,
     /// Seed of initialisation, partitioning, shuffling and neighbour choice.
     pub seed: u64,
@@ -69,6 +70,27 @@ pub struct TrainConfig {
     pub out: PathBuf,
     /// Hide the progress bar.
     pub quiet: bool,
+    /// SGD momentum factor (0 = plain SGD); the buffer stays with its node, it is not averaged.
+    pub momentum: f64,
+    /// L2 weight decay added to the gradient.
+    pub weight_decay: f64,
+    /// Clip each step's gradient to this global L2 norm.
+    pub clip_grad_norm: Option<f64>,
+    /// Linear learning-rate warm-up over this many epochs (fractions allowed).
+    pub lr_warmup: f64,
+    /// Write a checkpoint of every node every this many epochs (and after the last).
+    pub checkpoint_every: Option<usize>,
+    /// Continue the run saved in this checkpoint directory (or run directory).
+    pub resume: Option<PathBuf>,
+    /// Where the nodes run: `inproc` (threads of this process), `tcp` (this process is one rank
+    /// of a multi-process job started by tools/launcher, Slurm or MPI).
+    pub transport: String,
+    /// Seconds after which an unresponsive peer (or rank, for rank 0's final gathering) counts as
+    /// lost (multi-process runs).
+    pub peer_timeout: f64,
+    /// Reject a peer model farther than this (largest coordinate difference) from the node's own,
+    /// and corrections of more than half of it; absent: accept any finite model.
+    pub max_peer_distance: Option<f32>,
 }
 
 impl Default for TrainConfig {
@@ -92,6 +114,15 @@ impl Default for TrainConfig {
             test_subset: None,
             out: PathBuf::from("runs/latest"),
             quiet: false,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            clip_grad_norm: None,
+            lr_warmup: 0.0,
+            checkpoint_every: None,
+            resume: None,
+            transport: "inproc".into(),
+            peer_timeout: 30.0,
+            max_peer_distance: Some(1000.0),
         }
     }
 }
@@ -129,7 +160,7 @@ pub struct TrainArgs {
     /// Peak learning rate [default: 0.3].
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Learning-rate schedule over the local steps: constant or cosine [default: cosine].
+    /// Learning-rate schedule over the local steps: constant, cosine, step:EPOCHS[:GAMMA] [default: cosine].
     #[arg(long)]
     pub lr_schedule: Option<String>,
     /// Seed [default: 1].
@@ -156,6 +187,36 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// SGD momentum factor, as torch.optim.SGD [default: 0].
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// Weight decay (L2 penalty added to the gradient) [default: 0].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Clip each step's gradient to this global L2 norm [default: no clipping].
+    #[arg(long)]
+    pub clip_grad_norm: Option<f64>,
+    /// Linear learning-rate warm-up over this many epochs, fractions allowed [default: 0].
+    #[arg(long)]
+    pub lr_warmup: Option<f64>,
+    /// Checkpoint every node every this many epochs, into OUT/checkpoints/epoch-EEEE/ [default: never].
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Continue a run from a checkpoint directory, or a run's output directory (its newest
+    /// checkpoint). Settings not given as flags come from the checkpoint's config.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Where the nodes run: inproc (threads of this process) or tcp (one rank of a job started by
+    /// tools/launcher, Slurm or MPI; RANK/WORLD_SIZE/... from the environment) [default: inproc].
+    #[arg(long)]
+    pub transport: Option<String>,
+    /// Seconds after which an unresponsive peer counts as lost (multi-process runs) [default: 30].
+    #[arg(long)]
+    pub peer_timeout: Option<f64>,
+    /// Reject peer models farther than this from the node's own (largest coordinate difference)
+    /// [default: 1000].
+    #[arg(long)]
+    pub max_peer_distance: Option<f32>,
 }
 
 /// A validated configuration, with every string parsed.
@@ -177,31 +238,102 @@ pub struct Resolved {
     pub partition: Partition,
     /// Dataset directory.
     pub data: PathBuf,
+    /// Local optimizer.
+    pub sgd: crate::model::SgdConfig,
 }
 
-/// The learning rate as a function of a node's local step.
+/// The shape of the learning-rate curve after warm-up.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum LrSchedule {
-    /// Always the same rate.
-    Constant(f64),
-    /// `peak * (1 + cos(pi * step / total)) / 2`: from `peak` down to 0 over `total` steps.
-    Cosine {
-        /// Rate at step 0.
-        peak: f64,
-        /// Steps of the whole run.
-        total: usize,
+pub enum LrShape {
+    /// Always the peak rate.
+    Constant,
+    /// `peak * (1 + cos(pi * p)) / 2`, p the progress from the end of warm-up to the end of the run.
+    Cosine,
+    /// `peak * gamma^(step / every)`.
+    Step {
+        /// Steps between decays.
+        every: usize,
+        /// Factor of each decay.
+        gamma: f64,
     },
 }
 
+/// The learning rate as a function of a node's local step: a linear warm-up from `peak / warmup`
+/// to `peak` over the first `warmup` steps, then `shape`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LrSchedule {
+    /// Rate at the end of warm-up.
+    pub peak: f64,
+    /// Steps of the whole run.
+    pub total: usize,
+    /// Warm-up steps.
+    pub warmup: usize,
+    /// Curve after warm-up.
+    pub shape: LrShape,
+}
+
 impl LrSchedule {
+    /// A schedule of `shape` without warm-up.
+    pub fn new(peak: f64, total: usize, shape: LrShape) -> Self {
+        LrSchedule {
+            peak,
+            total,
+            warmup: 0,
+            shape,
+        }
+    }
+
     /// The rate at local step `step`.
     pub fn at(&self, step: usize) -> f64 {
-        match *self {
-            LrSchedule::Constant(lr) => lr,
-            LrSchedule::Cosine { peak, total } => {
-                let progress = step.min(total) as f64 / total.max(1) as f64;
-                peak * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+        if step < self.warmup {
+            return self.peak * (step + 1) as f64 / self.warmup as f64;
+        }
+        match self.shape {
+            LrShape::Constant => self.peak,
+            LrShape::Cosine => {
+                let span = self.total.saturating_sub(self.warmup).max(1);
+                let progress = (step - self.warmup).min(span) as f64 / span as f64;
+                self.peak * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
             }
+            LrShape::Step { every, gamma } => {
+                self.peak * gamma.powi((step / every.max(1)).min(i32::MAX as usize) as i32)
+            }
+        }
+    }
+}
+
+/// Parses `constant`, `cosine`, `step:EPOCHS[:GAMMA]` into a shape with decays every
+/// `EPOCHS * steps_per_epoch` steps.
+fn parse_lr_shape(s: &str, steps_per_epoch: usize) -> Result<LrShape, String> {
+    match s {
+        "constant" => Ok(LrShape::Constant),
+        "cosine" => Ok(LrShape::Cosine),
+        _ => {
+            let bad = || {
+                format!(
+                    "lr_schedule '{s}' is not constant, cosine or step:EPOCHS[:GAMMA] \
+                     (e.g. step:30:0.1, EPOCHS >= 1, 0 < GAMMA <= 1)"
+                )
+            };
+            let rest = s.strip_prefix("step:").ok_or_else(bad)?;
+            let mut it = rest.splitn(2, ':');
+            let every: usize = it
+                .next()
+                .and_then(|e| e.parse().ok())
+                .filter(|&e| e >= 1)
+                .ok_or_else(bad)?;
+            let gamma: f64 = match it.next() {
+                Some(g) => g
+                    .parse()
+                    .ok()
+                    .filter(|g: &f64| *g > 0.0 && *g <= 1.0)
+                    .ok_or_else(bad)?,
+                None => 0.1,
+            };
+            Ok(LrShape::Step {
+                every: every * steps_per_epoch.max(1),
+                gamma,
+            })
         }
     }
 }
@@ -209,13 +341,13 @@ impl LrSchedule {
 impl Resolved {
     /// The schedule for a run of `total_steps` local steps per node.
     pub fn lr_schedule(&self, total_steps: usize) -> LrSchedule {
-        if self.raw.lr_schedule == "cosine" {
-            LrSchedule::Cosine {
-                peak: self.raw.lr,
-                total: total_steps,
-            }
-        } else {
-            LrSchedule::Constant(self.raw.lr)
+        let per_epoch = total_steps / self.raw.epochs.max(1);
+        let shape = parse_lr_shape(&self.raw.lr_schedule, per_epoch).unwrap_or(LrShape::Constant);
+        LrSchedule {
+            peak: self.raw.lr,
+            total: total_steps,
+            warmup: (self.raw.lr_warmup * per_epoch as f64).round() as usize,
+            shape,
         }
     }
 }
@@ -223,9 +355,11 @@ impl Resolved {
 impl TrainArgs {
     /// Merges defaults, the config file (if any) and the flags, and validates the result.
     pub fn resolve(&self) -> Result<Resolved, TrainError> {
-        let mut cfg = match &self.config {
-            Some(path) => read_config(path)?,
-            None => TrainConfig::default(),
+        let mut cfg = match (&self.config, &self.resume) {
+            (Some(path), _) => read_config(path)?,
+            // Resuming without a config file: the checkpointed run's settings.
+            (None, Some(dir)) => checkpoint_config(dir)?,
+            (None, None) => TrainConfig::default(),
         };
         macro_rules! take {
             ($($f:ident),*) => { $( if let Some(v) = &self.$f { cfg.$f = v.clone(); } )* };
@@ -244,8 +378,25 @@ impl TrainArgs {
             seed,
             model,
             partition,
-            out
+            out,
+            momentum,
+            weight_decay,
+            lr_warmup,
+            transport,
+            peer_timeout
         );
+        if self.max_peer_distance.is_some() {
+            cfg.max_peer_distance = self.max_peer_distance;
+        }
+        if self.clip_grad_norm.is_some() {
+            cfg.clip_grad_norm = self.clip_grad_norm;
+        }
+        if self.checkpoint_every.is_some() {
+            cfg.checkpoint_every = self.checkpoint_every;
+        }
+        if self.resume.is_some() {
+            cfg.resume = self.resume.clone();
+        }
         if self.data.is_some() {
             cfg.data = self.data.clone();
         }
@@ -258,6 +409,21 @@ impl TrainArgs {
         cfg.quiet |= self.quiet;
         cfg.validate()
     }
+}
+
+fn checkpoint_config(dir: &Path) -> Result<TrainConfig, TrainError> {
+    let path = match crate::checkpoint::resolve_resume_dir(dir) {
+        Ok(dir) => crate::checkpoint::node_file(&dir, 0),
+        // A multi-process run keeps one checkpoint per rank; they all hold the run's config.
+        Err(e) => crate::multiproc::any_rank_checkpoint(dir).ok_or(e)?,
+    };
+    let ck = crate::checkpoint::load(&path)?;
+    toml::from_str(&ck.config_toml).map_err(|e| {
+        TrainError::Checkpoint(format!(
+            "{}: the stored config is not a valid run configuration: {e}",
+            path.display()
+        ))
+    })
 }
 
 fn read_config(path: &Path) -> Result<TrainConfig, TrainError> {
@@ -274,6 +440,25 @@ impl TrainConfig {
         let cfg = |msg: String| TrainError::Config(msg);
         if self.nodes == 0 {
             return Err(cfg("nodes must be at least 1".into()));
+        }
+        if !["inproc", "tcp"].contains(&self.transport.as_str()) {
+            return Err(cfg(format!(
+                "transport '{}' is not inproc or tcp (tcp runs one node per process, started by \
+                 tools/launcher)",
+                self.transport
+            )));
+        }
+        if !(self.peer_timeout.is_finite() && self.peer_timeout > 0.0) {
+            return Err(cfg(format!(
+                "peer_timeout {} must be a positive number of seconds",
+                self.peer_timeout
+            )));
+        }
+        if self
+            .max_peer_distance
+            .is_some_and(|d| !(d.is_finite() && d > 0.0))
+        {
+            return Err(cfg("max_peer_distance must be a positive number".into()));
         }
         if self.epochs == 0 {
             return Err(cfg("epochs must be at least 1".into()));
@@ -302,12 +487,35 @@ impl TrainConfig {
                     .into(),
             ));
         }
-        if !matches!(self.lr_schedule.as_str(), "constant" | "cosine") {
+        parse_lr_shape(&self.lr_schedule, 1).map_err(cfg)?;
+        let nonneg = |name: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(cfg(format!("{name} must be a number >= 0, got {v}")))
+            }
+        };
+        nonneg("lr_warmup", self.lr_warmup)?;
+        nonneg("weight_decay", self.weight_decay)?;
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
             return Err(cfg(format!(
-                "lr_schedule '{}' is not constant or cosine",
-                self.lr_schedule
+                "momentum must be in [0, 1), got {}",
+                self.momentum
             )));
         }
+        if let Some(c) = self.clip_grad_norm {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(cfg(format!("clip_grad_norm must be > 0, got {c}")));
+            }
+        }
+        if self.checkpoint_every == Some(0) {
+            return Err(cfg("checkpoint_every must be at least 1 (epochs)".into()));
+        }
+        let sgd = crate::model::SgdConfig {
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            clip_grad_norm: self.clip_grad_norm,
+        };
         let quant: quant::CodecSpec = self.quant.parse().map_err(|e| cfg(format!("quant: {e}")))?;
         let topology: topology::TopologySpec = self
             .topology
@@ -327,6 +535,7 @@ impl TrainConfig {
             model,
             partition,
             data,
+            sgd,
             raw: self,
         })
     }
@@ -356,21 +565,78 @@ mod tests {
 
     #[test]
     fn cosine_schedule_runs_from_the_peak_to_zero() {
-        let s = LrSchedule::Cosine {
-            peak: 0.3,
-            total: 100,
-        };
+        let s = LrSchedule::new(0.3, 100, LrShape::Cosine);
         assert_eq!(s.at(0), 0.3);
         assert!((s.at(50) - 0.15).abs() < 1e-12);
         assert!(s.at(100).abs() < 1e-12 && s.at(500).abs() < 1e-12);
-        assert_eq!(LrSchedule::Constant(0.1).at(77), 0.1);
+        assert_eq!(LrSchedule::new(0.1, 100, LrShape::Constant).at(77), 0.1);
         let err = TrainArgs {
             lr_schedule: Some("step".into()),
             ..Default::default()
         }
         .resolve()
         .unwrap_err();
-        assert!(err.to_string().contains("constant or cosine"), "{err}");
+        assert!(err.to_string().contains("step:EPOCHS[:GAMMA]"), "{err}");
+    }
+
+    #[test]
+    fn warm_up_and_step_schedules_follow_the_epochs() {
+        let r = TrainArgs {
+            epochs: Some(4),
+            lr: Some(0.4),
+            lr_schedule: Some("step:2:0.5".into()),
+            lr_warmup: Some(0.5),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        // 10 steps per epoch: 5 warm-up steps, then halved every 20 steps.
+        let s = r.lr_schedule(40);
+        assert_eq!(s.warmup, 5);
+        assert!((s.at(0) - 0.08).abs() < 1e-12 && (s.at(4) - 0.4).abs() < 1e-12);
+        assert_eq!(
+            (s.at(5), s.at(19), s.at(20), s.at(39)),
+            (0.4, 0.4, 0.2, 0.2)
+        );
+        let cos = LrSchedule {
+            warmup: 10,
+            ..LrSchedule::new(1.0, 110, LrShape::Cosine)
+        };
+        assert_eq!(cos.at(10), 1.0);
+        assert!((cos.at(60) - 0.5).abs() < 1e-12 && cos.at(110).abs() < 1e-12);
+        for (flag, expected) in [
+            (
+                TrainArgs {
+                    momentum: Some(1.0),
+                    ..Default::default()
+                },
+                "momentum",
+            ),
+            (
+                TrainArgs {
+                    clip_grad_norm: Some(0.0),
+                    ..Default::default()
+                },
+                "clip_grad_norm",
+            ),
+            (
+                TrainArgs {
+                    lr_schedule: Some("step:0".into()),
+                    ..Default::default()
+                },
+                "step:EPOCHS",
+            ),
+            (
+                TrainArgs {
+                    checkpoint_every: Some(0),
+                    ..Default::default()
+                },
+                "checkpoint_every",
+            ),
+        ] {
+            let e = flag.resolve().unwrap_err().to_string();
+            assert!(e.contains(expected), "{e}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod data;
 mod flat;
 pub mod model;
+pub mod multiproc;
 pub mod report;
 pub mod train;
 

@@ -86,10 +86,31 @@ fn topo(cmd: TopoCommand) -> Result<(), String> {
     }
 }
 
+/// One rank of a multi-process job; its last stdout line is `SWARM_SUMMARY {json}` for
+/// tools/launcher to gather.
+fn train_rank(cfg: &trainer::config::Resolved) -> Result<(), String> {
+    let s = trainer::multiproc::train_rank(cfg).map_err(|e| e.to_string())?;
+    if let (Some(acc), Some(lost)) = (s.final_test_accuracy, &s.lost_ranks) {
+        println!(
+            "swarm over tcp on {} ranks: final test accuracy {:.2}% (averaged model of {} ranks), lost ranks {:?}; outputs in {}",
+            s.world_size,
+            100.0 * acc,
+            s.world_size - lost.len(),
+            lost,
+            cfg.raw.out.display()
+        );
+    }
+    let json = serde_json::to_string(&s).map_err(|e| e.to_string())?;
+    println!("SWARM_SUMMARY {json}");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(args) => args.resolve().and_then(|cfg| trainer::train::train(&cfg)).map(|s| {
+        Command::Train(args) => match args.resolve() {
+            Ok(cfg) if cfg.raw.transport != "inproc" => train_rank(&cfg),
+            resolved => resolved.and_then(|cfg| trainer::train::train(&cfg)).map(|s| {
             println!(
                 "{} on {} nodes: final test accuracy {:.2}% (averaged model), mean node {:.2}%, {:.2} s/epoch, {} bytes sent, {} interactions; outputs in {}",
                 s.algo,
@@ -102,6 +123,7 @@ fn main() -> ExitCode {
                 s.config.out.display()
             );
         }).map_err(|e| e.to_string()),
+        },
         Command::Topo(cmd) => topo(cmd),
     };
     match result {

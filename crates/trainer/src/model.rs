@@ -74,6 +74,21 @@ pub struct FlatModel {
     leaves: Vec<Tensor>,
     dim: usize,
     image_shape: (usize, usize),
+    sgd: SgdConfig,
+    /// Momentum buffer laid out like the parameters (empty while momentum is 0).
+    momentum: Vec<f32>,
+}
+
+/// The local optimizer: SGD with optional momentum, weight decay and gradient clipping, as
+/// PyTorch's `torch.optim.SGD` (dampening 0, not Nesterov) after `clip_grad_norm_`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SgdConfig {
+    /// Momentum factor (0 = plain SGD).
+    pub momentum: f64,
+    /// L2 penalty added to the gradient: `g + weight_decay * w`.
+    pub weight_decay: f64,
+    /// Rescale the gradient to this global L2 norm when it is larger.
+    pub clip_grad_norm: Option<f64>,
 }
 
 fn layout(
@@ -162,7 +177,21 @@ impl FlatModel {
             leaves,
             dim,
             image_shape: image,
-        })
+            sgd: SgdConfig::default(),
+            momentum: Vec::new(),
+        }
+        .with_zero_grads())
+    }
+
+    /// Gives every parameter a zero gradient. libtorch stores a parameter's first gradient as
+    /// computed but adds later ones into the stored buffer, with different rounding for some
+    /// kernels: with a gradient from the start, every step takes the same path, so a run resumed
+    /// from a checkpoint reproduces the uninterrupted run bit for bit.
+    fn with_zero_grads(self) -> Self {
+        for leaf in &self.leaves {
+            (leaf * 0.0).sum(Kind::Float).backward();
+        }
+        self
     }
 
     /// Number of parameters.
@@ -243,24 +272,109 @@ impl FlatModel {
         loss.double_value(&[])
     }
 
-    /// `params -= lr * grad`, in one pass over each parameter and its gradient.
+    /// Sets the local optimizer (momentum, weight decay, clipping).
+    pub fn set_sgd(&mut self, sgd: SgdConfig) {
+        self.sgd = sgd;
+        self.momentum = if sgd.momentum > 0.0 {
+            vec![0.0; self.dim]
+        } else {
+            Vec::new()
+        };
+    }
+
+    /// The optimizer state laid out like the parameters (the momentum buffer; empty without
+    /// momentum), for checkpoints.
+    pub fn optimizer_state(&self) -> &[f32] {
+        &self.momentum
+    }
+
+    /// Restores the optimizer state saved by [`FlatModel::optimizer_state`].
+    pub fn load_optimizer_state(&mut self, state: &[f32]) -> Result<(), TrainError> {
+        match (state.is_empty(), self.momentum.is_empty()) {
+            (true, true) => Ok(()),
+            // A checkpoint without momentum restarts the buffer from zero.
+            (true, false) => {
+                self.momentum.fill(0.0);
+                Ok(())
+            }
+            (false, true) => Err(TrainError::Config(
+                "the checkpoint holds a momentum buffer but this run has no momentum: pass the \
+                 same --momentum as the checkpointed run"
+                    .into(),
+            )),
+            (false, false) if state.len() == self.dim => {
+                self.momentum.copy_from_slice(state);
+                Ok(())
+            }
+            (false, false) => Err(TrainError::Config(format!(
+                "optimizer state of {} values does not fit a model of {} parameters",
+                state.len(),
+                self.dim
+            ))),
+        }
+    }
+
+    /// One optimizer step with learning rate `lr` from the gradient of the last
+    /// [`FlatModel::backward`]: `g = clip(grad) + weight_decay * w`, `m = momentum * m + g`,
+    /// `w -= lr * m` (plain `w -= lr * g` without momentum), one pass over each parameter.
     pub fn sgd_step(&mut self, lr: f64) {
         let lr = lr as f32;
-        let (specs, leaves) = (&self.specs, &self.leaves);
+        let sgd = self.sgd;
+        let scale = match sgd.clip_grad_norm {
+            Some(max) => {
+                let norm = self.grad_norm();
+                if norm > max && norm > 0.0 {
+                    (max / norm) as f32
+                } else {
+                    1.0
+                }
+            }
+            None => 1.0,
+        };
+        let wd = sgd.weight_decay as f32;
+        let mu = sgd.momentum as f32;
+        let (specs, leaves, momentum) = (&self.specs, &self.leaves, &mut self.momentum);
         with_f32_slice_mut(&mut self.flat, self.dim, |params| {
             for (spec, leaf) in specs.iter().zip(leaves) {
                 let mut grad = leaf.grad();
                 if !grad.defined() {
                     continue;
                 }
-                let p = &mut params[spec.offset..spec.offset + spec.numel];
+                let range = spec.offset..spec.offset + spec.numel;
+                let p = &mut params[range.clone()];
                 with_f32_slice_mut(&mut grad, spec.numel, |g| {
-                    for (w, d) in p.iter_mut().zip(g.iter()) {
-                        *w -= lr * *d;
+                    if momentum.is_empty() {
+                        if scale == 1.0 && wd == 0.0 {
+                            for (w, d) in p.iter_mut().zip(g.iter()) {
+                                *w -= lr * *d;
+                            }
+                        } else {
+                            for (w, d) in p.iter_mut().zip(g.iter()) {
+                                *w -= lr * (scale * *d + wd * *w);
+                            }
+                        }
+                    } else {
+                        let m = &mut momentum[range];
+                        for ((w, d), b) in p.iter_mut().zip(g.iter()).zip(m.iter_mut()) {
+                            *b = mu * *b + scale * *d + wd * *w;
+                            *w -= lr * *b;
+                        }
                     }
                 });
             }
         });
+    }
+
+    /// Global L2 norm of the gradient of the last [`FlatModel::backward`].
+    pub fn grad_norm(&self) -> f64 {
+        let mut sum = 0.0f64;
+        for leaf in &self.leaves {
+            let g = leaf.grad();
+            if g.defined() {
+                sum += g.square().sum(Kind::Double).double_value(&[]);
+            }
+        }
+        sum.sqrt()
     }
 
     /// Runs `f` on the parameters as one mutable slice (no copy).

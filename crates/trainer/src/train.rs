@@ -13,7 +13,7 @@ use serde::Serialize;
 use swarm_core::{InProcessFabric, NodeStats, SwarmNode};
 
 use crate::config::{Algo, Resolved};
-use crate::data::{load_idx_dir, Split};
+use crate::data::{load_idx_dir, Dataset, Split};
 use crate::model::{batch, FlatModel, ModelKind};
 use crate::TrainError;
 
@@ -77,6 +77,8 @@ enum NodeMsg {
     Snapshot {
         node: usize,
         params: Vec<f32>,
+        /// The optimizer state, at checkpoint epochs only (else empty).
+        optimizer_state: Vec<f32>,
         loss_sum: f64,
         steps: u64,
         stats: NodeStats,
@@ -102,12 +104,31 @@ struct Shared {
     resumed: Barrier,
     abort: AtomicBool,
     steps_done: AtomicU64,
+    sgd: crate::model::SgdConfig,
+    /// Epochs already done (by the run resumed from `resume`).
+    start_epoch: usize,
+    /// Each node's checkpoint when resuming, else empty.
+    resume: Vec<crate::checkpoint::NodeCheckpoint>,
+    checkpoint_every: Option<usize>,
 }
 
 impl Shared {
-    /// A model with the run's common initialisation (every node starts from the same point).
-    fn new_model(&self) -> Result<FlatModel, TrainError> {
-        FlatModel::new(self.kind, self.train.shape, self.classes, self.seed)
+    /// Node `node`'s model: the run's common initialisation (every node starts from the same
+    /// point), or its checkpoint when resuming.
+    fn new_model(&self, node: usize) -> Result<FlatModel, TrainError> {
+        let mut model = FlatModel::new(self.kind, self.train.shape, self.classes, self.seed)?;
+        model.set_sgd(self.sgd);
+        if let Some(ck) = self.resume.get(node) {
+            model.load(&ck.params)?;
+            model.load_optimizer_state(&ck.optimizer_state)?;
+        }
+        Ok(model)
+    }
+
+    /// Whether the end of epoch `epoch` (counted from 1) writes a checkpoint.
+    fn checkpoint_due(&self, epoch: usize) -> bool {
+        self.checkpoint_every
+            .is_some_and(|k| epoch % k == 0 || epoch == self.epochs)
     }
 }
 
@@ -116,19 +137,7 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
     let started = Instant::now();
     tch::set_num_threads(1);
     let n = cfg.raw.nodes;
-    let mut data = load_idx_dir(&cfg.data)?;
-    if let Some(k) = cfg.raw.train_subset {
-        data.train = data.train.truncated(k);
-    }
-    if let Some(k) = cfg.raw.test_subset {
-        data.test = data.test.truncated(k);
-    }
-    if data.train.len() < n {
-        return Err(TrainError::Config(format!(
-            "{} training examples cannot feed {n} nodes",
-            data.train.len()
-        )));
-    }
+    let data = load_data(cfg, n)?;
     let graph = cfg
         .topology
         .build(n, cfg.raw.seed)
@@ -147,6 +156,18 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
     })?;
 
     let steps_per_epoch = data.train.len().div_ceil(n * cfg.raw.batch_size);
+    let resume = match &cfg.raw.resume {
+        Some(dir) => crate::checkpoint::load_for_run(
+            dir,
+            n,
+            &cfg.raw.algo.to_string(),
+            &eval_model.layout(),
+            steps_per_epoch,
+            cfg.raw.epochs,
+        )?,
+        None => Vec::new(),
+    };
+    let start_epoch = resume.first().map_or(0, |ck| ck.epoch);
     let shared = Arc::new(Shared {
         train: data.train.clone(),
         parts,
@@ -161,6 +182,10 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
         resumed: Barrier::new(n + 1),
         abort: AtomicBool::new(false),
         steps_done: AtomicU64::new(0),
+        sgd: cfg.sgd,
+        start_epoch,
+        resume,
+        checkpoint_every: cfg.raw.checkpoint_every,
     });
     let (tx, rx) = mpsc::channel();
     let training_started = Instant::now();
@@ -184,8 +209,9 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
     let mut eval_seconds = 0.0;
     let mut last = None;
     let mut failure = None;
-    for epoch in 1..=cfg.raw.epochs {
+    for epoch in start_epoch + 1..=cfg.raw.epochs {
         let mut snapshots: Vec<Option<(Vec<f32>, NodeStats)>> = vec![None; n];
+        let mut optimizer_states = vec![Vec::new(); n];
         let (mut loss_sum, mut steps) = (0.0, 0u64);
         let mut received = 0;
         while received < n {
@@ -193,11 +219,13 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
                 Ok(NodeMsg::Snapshot {
                     node,
                     params,
+                    optimizer_state,
                     loss_sum: l,
                     steps: s,
                     stats,
                 }) => {
                     snapshots[node] = Some((params, stats));
+                    optimizer_states[node] = optimizer_state;
                     loss_sum += l;
                     steps += s;
                     received += 1;
@@ -263,6 +291,21 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
             row.train_seconds / epoch as f64,
         );
         bar.suspend(|| eprintln!("{line}"));
+        if shared.checkpoint_due(epoch) {
+            if let Err(e) = crate::checkpoint::write_run_epoch(
+                cfg,
+                epoch,
+                (epoch * steps_per_epoch) as u64,
+                &models,
+                optimizer_states,
+                &eval_model.layout(),
+            ) {
+                failure.get_or_insert(e.to_string());
+                shared.abort.store(true, Ordering::Relaxed);
+                shared.resumed.wait();
+                break;
+            }
+        }
         rows.push(row);
         eval_seconds += eval_start.elapsed().as_secs_f64();
         last = Some((snapshots, average));
@@ -302,13 +345,31 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
         local_steps_total: (steps_per_epoch * cfg.raw.epochs * n) as u64,
         wall_seconds: started.elapsed().as_secs_f64(),
         train_seconds: final_row.train_seconds,
-        seconds_per_epoch: final_row.train_seconds / cfg.raw.epochs as f64,
+        seconds_per_epoch: final_row.train_seconds / (cfg.raw.epochs - start_epoch) as f64,
         parameters: dim,
         node_stats: snapshots.into_iter().map(|(_, s)| s).collect(),
         config: cfg.raw.clone(),
     };
     crate::report::write_outputs(&cfg.raw.out, &rows, &summary, &eval_model)?;
     Ok(summary)
+}
+
+/// The run's dataset, cut to the configured subsets; enough examples for `n` nodes.
+pub(crate) fn load_data(cfg: &Resolved, n: usize) -> Result<Dataset, TrainError> {
+    let mut data = load_idx_dir(&cfg.data)?;
+    if let Some(k) = cfg.raw.train_subset {
+        data.train = data.train.truncated(k);
+    }
+    if let Some(k) = cfg.raw.test_subset {
+        data.test = data.test.truncated(k);
+    }
+    if data.train.len() < n {
+        return Err(TrainError::Config(format!(
+            "{} training examples cannot feed {n} nodes",
+            data.train.len()
+        )));
+    }
+    Ok(data)
 }
 
 /// Bytes one ring all-reduce round sends, summed over nodes: each node sends 2 (n - 1) / n of the
@@ -328,15 +389,20 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
+/// The seed of node `node`'s minibatch order (the same in-process and multi-process).
+pub(crate) fn batch_seed(seed: u64, node: usize) -> u64 {
+    seed ^ (node as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
 /// A node's stream of minibatches over its own shard, reshuffled at each pass.
-struct Batches {
+pub(crate) struct Batches {
     order: Vec<usize>,
     cursor: usize,
     rng: StdRng,
 }
 
 impl Batches {
-    fn new(shard: &[usize], seed: u64) -> Self {
+    pub(crate) fn new(shard: &[usize], seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut order = shard.to_vec();
         order.shuffle(&mut rng);
@@ -347,7 +413,7 @@ impl Batches {
         }
     }
 
-    fn next(&mut self, size: usize) -> Vec<usize> {
+    pub(crate) fn next(&mut self, size: usize) -> Vec<usize> {
         let mut out = Vec::with_capacity(size);
         while out.len() < size {
             if self.cursor == self.order.len() {
@@ -373,12 +439,13 @@ fn node_loop(
     mut after_step: impl FnMut(&mut FlatModel, f64) -> Result<(), TrainError>,
     stats: impl Fn() -> NodeStats,
 ) {
-    let mut batches = Batches::new(
-        &shared.parts[node],
-        shared.seed ^ (node as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D),
-    );
-    let mut step = 0usize;
-    for _epoch in 0..shared.epochs {
+    let mut batches = Batches::new(&shared.parts[node], batch_seed(shared.seed, node));
+    let mut step = shared.start_epoch * shared.steps_per_epoch;
+    // A resumed node draws the same minibatches the uninterrupted run would have drawn.
+    for _ in 0..step {
+        batches.next(shared.batch_size);
+    }
+    for epoch in shared.start_epoch..shared.epochs {
         let mut loss_sum = 0.0;
         let mut steps = 0u64;
         let mut failed = None;
@@ -417,6 +484,11 @@ fn node_loop(
             None => NodeMsg::Snapshot {
                 node,
                 params: model.params(),
+                optimizer_state: if shared.checkpoint_due(epoch + 1) {
+                    model.optimizer_state().to_vec()
+                } else {
+                    Vec::new()
+                },
                 loss_sum,
                 steps,
                 stats: stats(),
@@ -460,6 +532,10 @@ fn spawn_swarm(
             cfg.raw.seed,
         )
         .map_err(|e| TrainError::Config(e.to_string()))?;
+        let swarm = match cfg.raw.max_peer_distance {
+            Some(limit) => swarm.with_max_peer_distance(limit),
+            None => swarm,
+        };
         // Pairwise corrections travel with the same codec as the models (quantized runs only).
         let swarm = if cfg.quant.to_string() == "none" {
             swarm
@@ -473,7 +549,7 @@ fn spawn_swarm(
                 .map_err(|e| TrainError::Config(e.to_string()))?
         };
         // Built here, not in the thread: a failure stops the run before any node waits on a barrier.
-        let mut model = shared.new_model()?;
+        let mut model = shared.new_model(i)?;
         let mut swarm = swarm;
         model.with_params_mut(|p| swarm.publish(p))?;
         let swarm = Arc::new(Mutex::new(swarm));
@@ -554,7 +630,7 @@ fn spawn_allreduce(
     });
     (0..n)
         .map(|i| {
-            let model = shared.new_model()?;
+            let model = shared.new_model(i)?;
             let shared = Arc::clone(shared);
             let reducer = Arc::clone(&reducer);
             let tx = tx.clone();

@@ -1,0 +1,626 @@
+//! One SwarmSGD node per process: the ranks of a job find each other through the rendezvous
+//! store, read and write each other's windows over the network, survive the loss of a rank and
+//! take a restarted one back.
+//!
+//! Per rank: detect the job ([`rendezvous::JobEnv`]), rank 0 serves the store, every rank
+//! publishes its endpoint address under `endpoint/RANK` and waits for its neighbours'. Training is
+//! the same loop as the in-process run (same data shard, same minibatches, same schedule), without
+//! barriers between ranks. Every few seconds a rank looks up the neighbours it lost: a restarted
+//! rank publishes a new address, and is readmitted. At the end each rank sets `final/RANK` (its
+//! model and counters); rank 0 waits for every rank that is still alive (or came back), averages
+//! the models, evaluates and writes the run's outputs, then sets `done`. Every rank prints one
+//! `SWARM_SUMMARY {json}` line on stdout for `tools/launcher`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rendezvous::{Client, JobEnv, StoreConfig, StoreServer};
+use serde::Serialize;
+use swarm_core::{NodeStats, SwarmNode};
+use tcp_transport::{TcpConfig, TcpEndpoint};
+
+use crate::config::{Algo, Resolved};
+use crate::model::{batch, FlatModel};
+use crate::train::{Batches, EvalRow, Summary};
+use crate::TrainError;
+
+/// What one rank reports at its end (the `SWARM_SUMMARY` line).
+#[derive(Debug, Clone, Serialize)]
+pub struct RankSummary {
+    /// This process's rank.
+    pub rank: usize,
+    /// Ranks in the job.
+    pub world_size: usize,
+    /// `ok`.
+    pub status: String,
+    /// Epochs this rank trained (all of them, from a checkpoint when resumed).
+    pub epochs: usize,
+    /// The epoch this rank resumed from (0 for a fresh start).
+    pub resumed_from_epoch: usize,
+    /// Mean training loss of this rank's last epoch.
+    pub final_train_loss: f64,
+    /// Test accuracy of this rank's own model at the end.
+    pub node_test_accuracy: f64,
+    /// This node's counters.
+    pub stats: NodeStats,
+    /// Neighbours this rank could not reach at the end.
+    pub unreachable_peers: Vec<usize>,
+    /// Times a lost neighbour came back (restarted) and was readmitted.
+    pub readmitted: u64,
+    /// Seconds of training (evaluations excluded).
+    pub train_seconds: f64,
+    /// Rank 0 only: test accuracy of the average of the gathered models.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_test_accuracy: Option<f64>,
+    /// Rank 0 only: mean of the gathered ranks' own test accuracies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_node_test_accuracy: Option<f64>,
+    /// Rank 0 only: ranks whose final model never arrived (dead and not restarted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_ranks: Option<Vec<usize>>,
+}
+
+/// Set by Ctrl-C (SIGINT) or SIGTERM: every rank stops at its next step, checkpoints and exits.
+fn stop_flag() -> Arc<AtomicBool> {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let setter = Arc::clone(&flag);
+        if let Err(e) = ctrlc::set_handler(move || setter.store(true, Ordering::Relaxed)) {
+            eprintln!("swarm: cannot install the Ctrl-C handler ({e}); Ctrl-C kills the rank");
+        }
+        flag
+    })
+    .clone()
+}
+
+/// The checkpoint file of `rank` in run directory `out`.
+pub fn rank_checkpoint(out: &Path, rank: usize) -> PathBuf {
+    out.join(format!("rank-{rank}"))
+        .join("checkpoint.safetensors")
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+/// The address peers reach this rank at: `SWARM_BIND_ADDR` if set; loopback when the store is on
+/// loopback; else the local address of the route to the store's host.
+fn local_ip(job: &JobEnv) -> Result<IpAddr, TrainError> {
+    if let Ok(v) = std::env::var("SWARM_BIND_ADDR") {
+        return v.trim().parse().map_err(|_| {
+            TrainError::Config(format!("SWARM_BIND_ADDR={v:?} is not an IP address"))
+        });
+    }
+    if is_loopback(&job.master_addr) {
+        return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    let route = || -> std::io::Result<IpAddr> {
+        let probe = UdpSocket::bind("0.0.0.0:0")?;
+        probe.connect((job.master_addr.as_str(), job.master_port))?;
+        Ok(probe.local_addr()?.ip())
+    };
+    route().map_err(|e| {
+        TrainError::Config(format!(
+            "cannot tell which local address reaches the store at {}:{} ({e}); set SWARM_BIND_ADDR",
+            job.master_addr, job.master_port
+        ))
+    })
+}
+
+fn store_error(e: rendezvous::RendezvousError) -> TrainError {
+    TrainError::Node(format!("rendezvous: {e}"))
+}
+
+/// Runs this process's rank of a multi-process job over TCP; rank 0 also writes the run's outputs.
+pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
+    let stop = stop_flag();
+    let job = JobEnv::detect().map_err(|e| TrainError::Config(e.to_string()))?;
+    if cfg.raw.algo != Algo::Swarm {
+        return Err(TrainError::Config(format!(
+            "--transport {} runs SwarmSGD (algo swarm); {} runs in one process (--transport inproc)",
+            cfg.raw.transport, cfg.raw.algo
+        )));
+    }
+    let (rank, n) = (job.rank, job.world_size);
+    let peer_timeout = Duration::from_secs_f64(cfg.raw.peer_timeout);
+    let started = Instant::now();
+    tch::set_num_threads(1);
+
+    let store_config = StoreConfig {
+        io_timeout: peer_timeout,
+        connect_timeout: peer_timeout.max(Duration::from_secs(60)),
+        ..StoreConfig::default()
+    };
+    let _server = if rank == 0 {
+        let ip = if is_loopback(&job.master_addr) {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
+        Some(
+            StoreServer::bind(
+                SocketAddr::new(ip, job.master_port),
+                job.auth.clone(),
+                n,
+                store_config.clone(),
+            )
+            .map_err(store_error)?,
+        )
+    } else {
+        None
+    };
+    let store_addr = format!("{}:{}", job.master_addr, job.master_port);
+    let mut store =
+        Client::connect(&store_addr, &job.auth, rank as u32, store_config).map_err(store_error)?;
+
+    let data = crate::train::load_data(cfg, n)?;
+    let graph = cfg
+        .topology
+        .build(n, cfg.raw.seed)
+        .map_err(|e| TrainError::Config(format!("topology: {e}")))?;
+    let neighbours = graph.neighbours(rank).to_vec();
+    let parts = cfg.partition.split(&data.train.labels, n, cfg.raw.seed)?;
+    let classes = data.train.classes().max(data.test.classes());
+    let mut model = FlatModel::new(cfg.model, data.train.shape, classes, cfg.raw.seed)?;
+    model.set_sgd(cfg.sgd);
+    let dim = model.dim();
+    let steps_per_epoch = data.train.len().div_ceil(n * cfg.raw.batch_size);
+    let total_steps = steps_per_epoch * cfg.raw.epochs;
+    let lr = cfg.lr_schedule(total_steps);
+    let rank_dir = cfg.raw.out.join(format!("rank-{rank}"));
+    std::fs::create_dir_all(&rank_dir)
+        .map_err(|e| TrainError::Output(format!("cannot create {}: {e}", rank_dir.display())))?;
+
+    let mut start_epoch = 0;
+    if let Some(dir) = &cfg.raw.resume {
+        let path = rank_checkpoint(dir, rank);
+        if path.is_file() {
+            let ck = crate::checkpoint::load(&path)?;
+            ck.ensure_fits(&path, rank, n, "swarm", &model.layout())?;
+            model.load(&ck.params)?;
+            model.load_optimizer_state(&ck.optimizer_state)?;
+            start_epoch = ck.epoch;
+            eprintln!(
+                "rank {rank}: resumed from {} (epoch {}, step {})",
+                path.display(),
+                ck.epoch,
+                ck.step
+            );
+        } else {
+            eprintln!(
+                "rank {rank}: no checkpoint at {}: starting this rank from the beginning",
+                path.display()
+            );
+        }
+    }
+
+    // The endpoint, published under endpoint/RANK (a restarted rank overwrites its old address).
+    let probe_len = cfg.quant.encoded_len(dim);
+    let capacity = probe_len.div_ceil(8) * 8 + 4 * dim + 64;
+    let tcp_config = TcpConfig {
+        connect_timeout: Duration::from_secs(3).min(peer_timeout),
+        io_timeout: peer_timeout,
+        ..TcpConfig::default()
+    };
+    let auth = tcp_transport::JobAuth::new(job.auth.job, job.auth.secret);
+    let bind = SocketAddr::new(local_ip(&job)?, 0);
+    let mut endpoint = TcpEndpoint::bind_with(rank, bind, capacity, auth, tcp_config)
+        .map_err(|e| TrainError::Node(e.to_string()))?;
+    let my_addr = endpoint.local_addr().to_string();
+    store
+        .set(&format!("endpoint/{rank}"), my_addr.as_bytes())
+        .map_err(store_error)?;
+    let mut known: Vec<(usize, String)> = Vec::with_capacity(neighbours.len());
+    for &peer in &neighbours {
+        let addr = store
+            .get(&format!("endpoint/{peer}"), store_wait(peer_timeout))
+            .map_err(store_error)?;
+        known.push((peer, String::from_utf8_lossy(&addr).into_owned()));
+    }
+    let peers: Vec<(usize, SocketAddr)> = known
+        .iter()
+        .map(|(p, a)| {
+            a.parse()
+                .map(|addr| (*p, addr))
+                .map_err(|_| TrainError::Node(format!("rank {p} published a bad address {a:?}")))
+        })
+        .collect::<Result<_, _>>()?;
+    endpoint
+        .connect_peers(&peers)
+        .map_err(|e| TrainError::Node(e.to_string()))?;
+
+    let codec = cfg
+        .quant
+        .build(cfg.raw.seed)
+        .map_err(|e| TrainError::Config(format!("quant: {e}")))?;
+    let mut swarm = SwarmNode::new(
+        endpoint,
+        neighbours.clone(),
+        dim,
+        cfg.interaction,
+        cfg.local_steps,
+        codec,
+        cfg.raw.seed,
+    )
+    .map_err(|e| TrainError::Config(e.to_string()))?;
+    if let Some(limit) = cfg.raw.max_peer_distance {
+        swarm = swarm.with_max_peer_distance(limit);
+    }
+    if cfg.quant.to_string() != "none" {
+        let correction_codec = cfg
+            .quant
+            .build(cfg.raw.seed ^ 0xC0EE)
+            .map_err(|e| TrainError::Config(format!("quant: {e}")))?;
+        swarm = swarm
+            .with_correction_codec(correction_codec)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+    }
+    model.with_params_mut(|p| swarm.publish(p))?;
+    eprintln!(
+        "rank {rank}/{n}: {} on {my_addr}, neighbours {neighbours:?}, {} ({dim} parameters), {steps_per_epoch} steps per epoch",
+        job.source, cfg.raw.model
+    );
+
+    let mut batches = Batches::new(&parts[rank], crate::train::batch_seed(cfg.raw.seed, rank));
+    let mut step = start_epoch * steps_per_epoch;
+    for _ in 0..step {
+        batches.next(cfg.raw.batch_size);
+    }
+    let mut readmitted = 0u64;
+    let mut last_lookup = Instant::now();
+    let mut rows: Vec<EvalRow> = Vec::new();
+    let mut final_train_loss = f64::NAN;
+    let training_started = Instant::now();
+    let mut eval_seconds = 0.0;
+    for epoch in start_epoch..cfg.raw.epochs {
+        let (mut loss_sum, mut steps) = (0.0, 0u64);
+        for _ in 0..steps_per_epoch {
+            if stop.load(Ordering::Relaxed) {
+                let path = rank_checkpoint(&cfg.raw.out, rank);
+                save_checkpoint(&path, cfg, rank, n, epoch, step, &mut model)?;
+                return Err(TrainError::Node(format!(
+                    "rank {rank} interrupted at epoch {epoch}, step {step}; its last finished \
+                     epoch is checkpointed in {} (continue with --resume {})",
+                    path.display(),
+                    cfg.raw.out.display()
+                )));
+            }
+            model.with_params_mut(|p| swarm.step_boundary(p))?;
+            let (x, y) = batch(&data.train, &batches.next(cfg.raw.batch_size));
+            let loss = model.backward(&x, &y);
+            if !loss.is_finite() {
+                return Err(TrainError::Node(format!(
+                    "rank {rank}: loss became {loss}: lower the learning rate"
+                )));
+            }
+            model.sgd_step(lr.at(step));
+            model.with_params_mut(|p| swarm.after_local_step(p))?;
+            step += 1;
+            loss_sum += loss;
+            steps += 1;
+            if last_lookup.elapsed() > Duration::from_secs(2) && !swarm.unreachable().is_empty() {
+                last_lookup = Instant::now();
+                readmitted += readmit_restarted(rank, &mut swarm, &mut store, &mut known);
+            }
+        }
+        model.with_params_mut(|p| swarm.step_boundary(p))?;
+        final_train_loss = loss_sum / steps.max(1) as f64;
+        let eval_start = Instant::now();
+        // Rank 0 shows its own model's accuracy each epoch; the average is evaluated at the end.
+        let (test_loss, test_accuracy) = if rank == 0 {
+            model.evaluate(&data.test)
+        } else {
+            (f64::NAN, f64::NAN)
+        };
+        eval_seconds += eval_start.elapsed().as_secs_f64();
+        let train_seconds = training_started.elapsed().as_secs_f64() - eval_seconds;
+        let stats = swarm.stats();
+        let mut line = format!(
+            "rank {rank} epoch {:>3}/{}  train loss {final_train_loss:.4}",
+            epoch + 1,
+            cfg.raw.epochs
+        );
+        if rank == 0 {
+            line.push_str(&format!("  own test acc {:.2}%", 100.0 * test_accuracy));
+        }
+        line.push_str(&format!(
+            "  {} interactions  {} bytes sent  unreachable {:?}  {:.2} s/epoch",
+            stats.interactions,
+            stats.bytes_sent(),
+            swarm.unreachable(),
+            train_seconds / (epoch + 1 - start_epoch) as f64
+        ));
+        eprintln!("{line}");
+        rows.push(EvalRow {
+            epoch: epoch + 1,
+            train_loss: final_train_loss,
+            test_loss,
+            test_accuracy,
+            train_seconds,
+            bytes_sent_total: stats.bytes_sent(),
+            interactions: stats.interactions,
+            model_spread: f64::NAN,
+        });
+        if cfg
+            .raw
+            .checkpoint_every
+            .is_some_and(|k| (epoch + 1) % k == 0 || epoch + 1 == cfg.raw.epochs)
+        {
+            let path = rank_checkpoint(&cfg.raw.out, rank);
+            save_checkpoint(&path, cfg, rank, n, epoch + 1, step, &mut model)?;
+        }
+    }
+    let train_seconds = training_started.elapsed().as_secs_f64() - eval_seconds;
+
+    // Hand the final model to rank 0 and keep serving the window until it is done.
+    let params = model.params();
+    let own_accuracy = model.evaluate(&data.test).1;
+    let stats = swarm.stats().clone();
+    let record = FinalRecord {
+        accuracy: own_accuracy,
+        stats: stats.clone(),
+    };
+    let mut value = swarm_core::le_bytes(&params).into_owned();
+    value.extend_from_slice(
+        serde_json::to_string(&record)
+            .map_err(|e| TrainError::Output(e.to_string()))?
+            .as_bytes(),
+    );
+    let mut summary = RankSummary {
+        rank,
+        world_size: n,
+        status: "ok".into(),
+        epochs: cfg.raw.epochs,
+        resumed_from_epoch: start_epoch,
+        final_train_loss,
+        node_test_accuracy: own_accuracy,
+        stats,
+        unreachable_peers: swarm.unreachable().iter().copied().collect(),
+        readmitted,
+        train_seconds,
+        final_test_accuracy: None,
+        mean_node_test_accuracy: None,
+        lost_ranks: None,
+    };
+    let published = store.set(&format!("final/{rank}"), &value);
+    if rank == 0 {
+        published.map_err(store_error)?;
+        let patience = peer_timeout + Duration::from_secs_f64(2.0 * train_seconds + 10.0);
+        let gathered = gather_finals(&mut store, n, dim, peer_timeout, patience, &stop)?;
+        let lost: Vec<usize> = (0..n).filter(|r| gathered[*r].is_none()).collect();
+        if !lost.is_empty() {
+            eprintln!("rank 0: lost rank(s) {lost:?}: their final models never arrived");
+        }
+        let models: Vec<&[f32]> = gathered
+            .iter()
+            .flatten()
+            .map(|(p, _)| p.as_slice())
+            .collect();
+        let average: Vec<f32> = swarm_core::mean_of(models.iter().copied())
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
+        let spread = swarm_core::spread(models.iter().copied());
+        model.load(&average)?;
+        let (test_loss, test_accuracy) = model.evaluate(&data.test);
+        let accuracies: Vec<f64> = gathered.iter().flatten().map(|(_, r)| r.accuracy).collect();
+        let node_stats: Vec<NodeStats> = gathered
+            .iter()
+            .flatten()
+            .map(|(_, r)| r.stats.clone())
+            .collect();
+        let bytes: u64 = node_stats.iter().map(NodeStats::bytes_sent).sum();
+        let interactions: u64 = node_stats.iter().map(|s| s.interactions).sum();
+        if let Some(last) = rows.last_mut() {
+            last.test_loss = test_loss;
+            last.test_accuracy = test_accuracy;
+            last.bytes_sent_total = bytes;
+            last.interactions = interactions;
+            last.model_spread = spread;
+        }
+        let run = Summary {
+            algo: cfg.raw.algo.to_string(),
+            nodes: n,
+            final_test_accuracy: test_accuracy,
+            mean_node_test_accuracy: accuracies.iter().sum::<f64>() / accuracies.len() as f64,
+            min_node_test_accuracy: accuracies.iter().copied().fold(f64::INFINITY, f64::min),
+            bytes_sent_total: bytes,
+            interactions,
+            local_steps_total: node_stats.iter().map(|s| s.local_steps).sum(),
+            wall_seconds: started.elapsed().as_secs_f64(),
+            train_seconds,
+            seconds_per_epoch: train_seconds / (cfg.raw.epochs - start_epoch).max(1) as f64,
+            parameters: dim,
+            node_stats,
+            config: cfg.raw.clone(),
+        };
+        crate::report::write_outputs(&cfg.raw.out, &rows, &run, &model)?;
+        summary.final_test_accuracy = Some(test_accuracy);
+        summary.mean_node_test_accuracy = Some(run.mean_node_test_accuracy);
+        summary.lost_ranks = Some(lost);
+        let _ = store.set("done", b"1");
+    } else {
+        match published {
+            Ok(()) => {
+                // Serve stragglers' reads until rank 0 has every model; then leave.
+                let patience = peer_timeout + Duration::from_secs_f64(2.0 * train_seconds + 10.0);
+                if let Err(e) = store.get("done", patience) {
+                    eprintln!("rank {rank}: rank 0 did not finish ({e}); leaving");
+                }
+            }
+            Err(e) => eprintln!(
+                "rank {rank}: cannot hand the final model to rank 0 ({e}); its own outputs are in {}",
+                rank_dir.display()
+            ),
+        }
+    }
+    let json = serde_json::to_string(&summary).map_err(|e| TrainError::Output(e.to_string()))?;
+    std::fs::write(rank_dir.join("summary.json"), format!("{json}\n"))
+        .map_err(|e| TrainError::Output(format!("cannot write {}: {e}", rank_dir.display())))?;
+    Ok(summary)
+}
+
+/// How long to wait for a neighbour's first endpoint record: ranks start at different times.
+fn store_wait(peer_timeout: Duration) -> Duration {
+    peer_timeout.max(Duration::from_secs(120))
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct FinalRecord {
+    accuracy: f64,
+    stats: NodeStats,
+}
+
+fn save_checkpoint(
+    path: &Path,
+    cfg: &Resolved,
+    rank: usize,
+    n: usize,
+    epoch: usize,
+    step: usize,
+    model: &mut FlatModel,
+) -> Result<(), TrainError> {
+    let ck = crate::checkpoint::NodeCheckpoint {
+        node: rank,
+        nodes: n,
+        step: step as u64,
+        epoch,
+        params: model.params(),
+        optimizer_state: model.optimizer_state().to_vec(),
+        algo: cfg.raw.algo.to_string(),
+        model: cfg.raw.model.clone(),
+        config_toml: toml::to_string(&cfg.raw)
+            .map_err(|e| TrainError::Checkpoint(e.to_string()))?,
+        layout: model.layout(),
+    };
+    crate::checkpoint::save(path, &ck)
+}
+
+/// Looks up the lost neighbours' endpoint records; one that changed belongs to a restarted rank:
+/// connect to the new address and contact it again. Returns how many came back.
+fn readmit_restarted(
+    rank: usize,
+    swarm: &mut SwarmNode<TcpEndpoint>,
+    store: &mut Client,
+    known: &mut [(usize, String)],
+) -> u64 {
+    let mut back = 0;
+    let lost: Vec<usize> = swarm.unreachable().iter().copied().collect();
+    for peer in lost {
+        let Ok(Some(record)) = store.try_get(&format!("endpoint/{peer}")) else {
+            continue;
+        };
+        let addr = String::from_utf8_lossy(&record).into_owned();
+        let Some(entry) = known.iter_mut().find(|(p, _)| *p == peer) else {
+            continue;
+        };
+        if entry.1 == addr {
+            continue;
+        }
+        let Ok(sock) = addr.parse::<SocketAddr>() else {
+            continue;
+        };
+        if swarm.transport_mut().connect_peers(&[(peer, sock)]).is_ok() {
+            swarm.readmit(peer);
+            eprintln!("rank {rank}: rank {peer} is back at {addr}; averaging with it again");
+            entry.1 = addr;
+            back += 1;
+        }
+    }
+    back
+}
+
+type Gathered = Vec<Option<(Vec<f32>, FinalRecord)>>;
+
+/// Rank 0 collects every rank's final model. A rank counts as lost once it has had no connection
+/// to the store for `peer_timeout` (a restarted rank reconnects and is waited for), or when
+/// `patience` runs out.
+fn gather_finals(
+    store: &mut Client,
+    n: usize,
+    dim: usize,
+    peer_timeout: Duration,
+    patience: Duration,
+    stop: &AtomicBool,
+) -> Result<Gathered, TrainError> {
+    let mut out: Gathered = (0..n).map(|_| None).collect();
+    let mut absent_since: Vec<Option<Instant>> = vec![None; n];
+    let mut given_up = vec![false; n];
+    let deadline = Instant::now() + patience;
+    loop {
+        for r in 0..n {
+            if out[r].is_some() || given_up[r] {
+                continue;
+            }
+            if let Some(value) = store.try_get(&format!("final/{r}")).map_err(store_error)? {
+                match parse_final(&value, dim) {
+                    Some(v) => out[r] = Some(v),
+                    None => {
+                        eprintln!("rank 0: rank {r}'s final record is malformed; ignoring it");
+                        given_up[r] = true;
+                    }
+                }
+            }
+        }
+        let live = store.liveness().map_err(store_error)?;
+        let now = Instant::now();
+        for r in 0..n {
+            if out[r].is_some() || given_up[r] {
+                continue;
+            }
+            if live[r].connected {
+                absent_since[r] = None;
+            } else {
+                let since = *absent_since[r].get_or_insert(now);
+                if now - since > peer_timeout {
+                    given_up[r] = true;
+                }
+            }
+        }
+        if (0..n).all(|r| out[r].is_some() || given_up[r])
+            || now > deadline
+            || stop.load(Ordering::Relaxed)
+        {
+            return Ok(out);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn parse_final(value: &[u8], dim: usize) -> Option<(Vec<f32>, FinalRecord)> {
+    let (params, json) = value.split_at_checked(4 * dim)?;
+    let record: FinalRecord = serde_json::from_slice(json).ok()?;
+    let params: Vec<f32> = swarm_core::le_values(params).collect();
+    params
+        .iter()
+        .all(|v| v.is_finite())
+        .then_some((params, record))
+}
+
+/// Some rank's checkpoint in run directory `dir` (every rank's holds the run's configuration).
+pub fn any_rank_checkpoint(dir: &Path) -> Option<PathBuf> {
+    let mut ranks: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let rank = e
+                .file_name()
+                .to_str()?
+                .strip_prefix("rank-")?
+                .parse()
+                .ok()?;
+            let path = e.path().join("checkpoint.safetensors");
+            path.is_file().then_some((rank, path))
+        })
+        .collect();
+    ranks.sort();
+    ranks.into_iter().next().map(|(_, p)| p)
+}
