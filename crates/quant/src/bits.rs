@@ -19,22 +19,6 @@ use crate::QuantError;
 /// Codes per kernel block.
 pub(crate) const BLOCK: usize = 64;
 
-/// Runs `$body` with `$i` bound to each of `0, 4, ..., 60` as straight-line code (a macro, not a
-/// closure, so that nothing stays out of line): with constant indices every 4-lane step becomes
-/// plain SSE operations, and no loop is left for the loop vectorizer to vectorize across the
-/// wrong dimension (it otherwise gathers across quads).
-macro_rules! for_quads {
-    ($i:ident => $body:expr) => {{
-        for_quads!(@ $i => $body; 0 4 8 12 16 20 24 28 32 36 40 44 48 52 56 60)
-    }};
-    (@ $i:ident => $body:expr; $($n:literal)*) => {{
-        $({
-            let $i: usize = $n;
-            $body;
-        })*
-    }};
-}
-
 /// Whether full blocks of width `B` use the vertical layout.
 #[inline(always)]
 pub(crate) const fn is_vertical(b: usize) -> bool {
@@ -52,28 +36,21 @@ const fn lanes(b: usize) -> usize {
     }
 }
 
-/// Packs a vertical block (`B` in {1, 2, 4, 8, 16}) of the codes `code(i)` (codes `i..i+4`, for
-/// `i` in `(0..64).step_by(4)`),
-/// straight into `out` (`8*B` bytes): word `w` gathers codes `w, w + L, w + 2L, ...` (`L` the
-/// number of words) from its low bits up. Every word gathers codes a fixed stride apart, so the
-/// loop is in-lane shifts and ors at 4 lanes or more (no byte shuffles, which SSE2 lacks), and
-/// `code` is evaluated in index order, contiguous runs of `L`.
+/// Packs a full vertical block (`B` in {1, 2, 4, 8, 16}) of `codes` (only their low `B` bits
+/// are kept) into `out` (`8*B` bytes): word `w` gathers codes `w, w + L, w + 2L, ...` (`L` the
+/// number of words) from its low bits up. Every word gathers codes a fixed stride apart, so
+/// packing is `64 / L` in-lane shift-and-or steps over `L` contiguous codes (one vector
+/// instruction each at `L` lanes), and nothing crosses lanes.
 #[inline(always)]
-pub(crate) fn pack_vertical<const B: usize>(
-    out: &mut [u8],
-    mut code: impl FnMut(usize) -> [u32; 4],
-) {
+pub(crate) fn pack_vertical<const B: usize>(codes: &[u32; BLOCK], out: &mut [u8]) {
     let l = lanes(B);
     let mask = ((1u64 << B) - 1) as u32;
     let mut words = [0u32; 32];
-    for_quads!(i => {
-        let (j, w) = (i / l, i % l);
-        let c = code(i);
-        words[w] |= (c[0] & mask) << (j * B);
-        words[w + 1] |= (c[1] & mask) << (j * B);
-        words[w + 2] |= (c[2] & mask) << (j * B);
-        words[w + 3] |= (c[3] & mask) << (j * B);
-    });
+    for j in 0..BLOCK / l {
+        for w in 0..l {
+            words[w] |= (codes[j * l + w] & mask) << (j * B);
+        }
+    }
     if B == 1 {
         for (o, w) in out[..8].chunks_exact_mut(2).zip(&words[..4]) {
             o.copy_from_slice(&(*w as u16).to_le_bytes());
@@ -85,9 +62,9 @@ pub(crate) fn pack_vertical<const B: usize>(
     }
 }
 
-/// Inverse of [`pack_vertical`]: calls `put(i, codes i..i+4)` for `i` in `(0..64).step_by(4)`.
+/// Inverse of [`pack_vertical`].
 #[inline(always)]
-pub(crate) fn unpack_vertical<const B: usize>(bytes: &[u8], mut put: impl FnMut(usize, [u32; 4])) {
+pub(crate) fn unpack_vertical<const B: usize>(bytes: &[u8], codes: &mut [u32; BLOCK]) {
     let l = lanes(B);
     let mask = ((1u64 << B) - 1) as u32;
     let mut words = [0u32; 32];
@@ -100,27 +77,21 @@ pub(crate) fn unpack_vertical<const B: usize>(bytes: &[u8], mut put: impl FnMut(
             *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         }
     }
-    for_quads!(i => {
-        let (j, w) = (i / l, i % l);
-        put(
-            i,
-            [
-                (words[w] >> (j * B)) & mask,
-                (words[w + 1] >> (j * B)) & mask,
-                (words[w + 2] >> (j * B)) & mask,
-                (words[w + 3] >> (j * B)) & mask,
-            ],
-        );
-    });
+    for j in 0..BLOCK / l {
+        for w in 0..l {
+            codes[j * l + w] = (words[w] >> (j * B)) & mask;
+        }
+    }
 }
 
 /// Sequential layout for any width (used for every vector's last, partial block).
 #[inline(always)]
 pub(crate) fn pack_block_seq<const B: usize>(codes: &[u32; BLOCK], out: &mut [u8]) {
+    let mask = ((1u64 << B) - 1) as u32;
     for (o, c) in out[..8 * B].chunks_exact_mut(B).zip(codes.chunks_exact(8)) {
         let mut acc = 0u128;
         for (j, &v) in c.iter().enumerate() {
-            acc |= (v as u128) << (j * B);
+            acc |= ((v & mask) as u128) << (j * B);
         }
         o.copy_from_slice(&acc.to_le_bytes()[..B]);
     }
@@ -143,11 +114,11 @@ pub(crate) fn unpack_block_seq<const B: usize>(bytes: &[u8], codes: &mut [u32; B
     }
 }
 
-/// Packs one (full) block of codes (each already `< 2^B`) into `out` (`8*B` bytes).
+/// Packs one (full) block of codes (only their low `B` bits are kept) into `out` (`8*B` bytes).
 #[inline(always)]
 pub(crate) fn pack_block<const B: usize>(codes: &[u32; BLOCK], out: &mut [u8]) {
     if is_vertical(B) {
-        pack_vertical::<B>(out, |i| quad(codes, i));
+        pack_vertical::<B>(codes, out);
     } else {
         pack_block_seq::<B>(codes, out);
     }
@@ -157,7 +128,7 @@ pub(crate) fn pack_block<const B: usize>(codes: &[u32; BLOCK], out: &mut [u8]) {
 #[inline(always)]
 pub(crate) fn unpack_block<const B: usize>(bytes: &[u8], codes: &mut [u32; BLOCK]) {
     if is_vertical(B) {
-        unpack_vertical::<B>(bytes, |i, c| codes[i..i + 4].copy_from_slice(&c));
+        unpack_vertical::<B>(bytes, codes);
     } else {
         unpack_block_seq::<B>(bytes, codes);
     }
@@ -255,82 +226,41 @@ pub(crate) fn decode_blocks<const B: usize>(
     }
 }
 
-/// Four consecutive entries of a block starting at `i` (a multiple of 4).
-#[inline(always)]
-pub(crate) fn quad<T: Copy + Default>(a: &[T; BLOCK], i: usize) -> [T; 4] {
-    let mut q = [T::default(); 4];
-    q.copy_from_slice(&a[i & (BLOCK - 4)..][..4]);
-    q
-}
-
-/// A per-coordinate encoder run by [`encode_map`], 4 coordinates at a time (lane `t` of every
-/// call is coordinate `i + t`, so lane-wise state stays in one SSE register).
+/// A block encoder run by [`encode_map`].
 pub(crate) trait EncodeKernel {
     /// Called before block `blk` (of 64 coordinates) of the slice being encoded.
     fn begin(&mut self, blk: usize);
-    /// The codes of coordinates `i..i+4` of the current block (`i` a multiple of 4), whose
-    /// values are `x` (only the low `B` bits are kept).
-    fn code(&mut self, i: usize, x: [f32; 4]) -> [u32; 4];
-    /// Whether to run [`EncodeKernel::code_block`] and pack its codes afterwards instead of
-    /// packing every 4 codes as they come.
-    const STAGED: bool = false;
-    /// The (unmasked) codes of a whole block.
-    #[inline(always)]
-    fn code_block(&mut self, xs: &[f32; BLOCK]) -> [u32; BLOCK] {
-        map_block(self, xs, u32::MAX)
-    }
+    /// The codes of one block (only their low `B` bits are kept). Kernels write this as a plain
+    /// loop over the block, which LLVM vectorizes at the width of the enclosing
+    /// [`crate::simd::run`].
+    fn code_block(&mut self, xs: &[f32; BLOCK], codes: &mut [u32; BLOCK]);
 }
 
-/// A per-coordinate decoder run by [`decode_map`], 4 coordinates at a time.
+/// A block decoder run by [`decode_map`].
 pub(crate) trait DecodeKernel {
     /// Called before block `blk` (of 64 coordinates) of the slice being decoded.
     fn begin(&mut self, blk: usize);
-    /// The values of coordinates `i..i+4` of the current block from their codes `c` and the
-    /// reader's reference values `y` (0 when there are none).
-    fn value(&mut self, i: usize, c: [u32; 4], y: [f32; 4]) -> [f32; 4];
+    /// The values of one block from its codes and the reader's reference values `ys` (zeros
+    /// when there are none).
+    fn value_block(&mut self, codes: &[u32; BLOCK], ys: &[f32; BLOCK], os: &mut [f32; BLOCK]);
 }
 
-/// Codes of a whole block (masked to `B` bits).
-#[inline(always)]
-fn map_block<K: EncodeKernel + ?Sized>(k: &mut K, xs: &[f32; BLOCK], mask: u32) -> [u32; BLOCK] {
-    let mut codes = [0u32; BLOCK];
-    for_quads!(i => {
-        let c = k.code(i, quad(xs, i));
-        codes[i] = c[0] & mask;
-        codes[i + 1] = c[1] & mask;
-        codes[i + 2] = c[2] & mask;
-        codes[i + 3] = c[3] & mask;
-    });
-    codes
-}
-
-/// Values of a whole block.
-#[inline(always)]
-fn unmap_block<K: DecodeKernel>(
-    k: &mut K,
-    codes: &[u32; BLOCK],
-    ys: &[f32; BLOCK],
-    os: &mut [f32; BLOCK],
-) {
-    for_quads!(i => os[i..i + 4].copy_from_slice(&k.value(i, quad(codes, i), quad(ys, i))));
-}
-
-/// Encodes `x` with `k` into `out` (`packed_len(x.len(), B)` bytes): full vertical blocks pack
-/// the codes as they are produced (no staging); other widths and the last partial block go
-/// through a block of codes (the partial block zero-padded, its padding codes dropped).
-#[inline(always)]
+/// Encodes `x` with `k` into `out` (`packed_len(x.len(), B)` bytes), one block of 64 at a time:
+/// the kernel's codes stay in registers and are packed at once. The last partial block is
+/// zero-padded and its padding codes dropped.
 ///
 /// `ahead` (the next bucket, or `&[]`) is touched one value per cache line along the way, so
 /// that its reads from memory overlap this bucket's arithmetic instead of waiting for the next
 /// statistics pass (a software prefetch without `unsafe`).
+#[inline(always)]
 pub(crate) fn encode_map<const B: usize, K: EncodeKernel>(
     x: &[f32],
     out: &mut [u8],
     ahead: &[f32],
     k: &mut K,
 ) {
-    let mask = ((1u64 << B) - 1) as u32;
     let mut touched = 0u32;
+    let mut codes = [0u32; BLOCK];
     for (blk, (xc, oc)) in x.chunks(BLOCK).zip(out.chunks_mut(8 * B)).enumerate() {
         for line in 0..BLOCK / 16 {
             if let Some(v) = ahead.get(blk * BLOCK + 16 * line) {
@@ -340,20 +270,15 @@ pub(crate) fn encode_map<const B: usize, K: EncodeKernel>(
         k.begin(blk);
         match <&[f32; BLOCK]>::try_from(xc) {
             Ok(xs) if oc.len() == 8 * B => {
-                if is_vertical(B) && K::STAGED {
-                    let codes = k.code_block(xs);
-                    pack_vertical::<B>(oc, |i| quad(&codes, i));
-                } else if is_vertical(B) {
-                    pack_vertical::<B>(oc, |i| k.code(i, quad(xs, i)));
-                } else {
-                    pack_block_seq::<B>(&map_block(k, xs, mask), oc);
-                }
+                k.code_block(xs, &mut codes);
+                pack_block::<B>(&codes, oc);
             }
             _ => {
                 let mut xs = [0f32; BLOCK];
                 xs[..xc.len()].copy_from_slice(xc);
+                k.code_block(&xs, &mut codes);
                 let mut tmp = [0u8; 8 * 16];
-                pack_block_seq::<B>(&map_block(k, &xs, mask), &mut tmp);
+                pack_block_seq::<B>(&codes, &mut tmp);
                 let n = oc.len();
                 oc.copy_from_slice(&tmp[..n]);
             }
@@ -364,7 +289,6 @@ pub(crate) fn encode_map<const B: usize, K: EncodeKernel>(
 
 /// Decodes `out.len()` values from `bytes` (`packed_len(out.len(), B)` bytes) with `k`, passing
 /// the matching coordinates of `reference` (zero beyond its end; pass `&[]` when unused).
-/// Full vertical blocks are decoded straight from the packed words.
 #[inline(always)]
 pub(crate) fn decode_map<const B: usize, K: DecodeKernel>(
     bytes: &[u8],
@@ -373,6 +297,7 @@ pub(crate) fn decode_map<const B: usize, K: DecodeKernel>(
     k: &mut K,
 ) {
     let zeros = [0f32; BLOCK];
+    let mut codes = [0u32; BLOCK];
     let mut refs = reference.chunks(BLOCK);
     for (blk, (oc, bc)) in out.chunks_mut(BLOCK).zip(bytes.chunks(8 * B)).enumerate() {
         k.begin(blk);
@@ -380,70 +305,65 @@ pub(crate) fn decode_map<const B: usize, K: DecodeKernel>(
         let n = oc.len();
         if n == BLOCK && bc.len() == 8 * B {
             if let Ok(os) = <&mut [f32; BLOCK]>::try_from(oc) {
+                unpack_block::<B>(bc, &mut codes);
                 let ys = <&[f32; BLOCK]>::try_from(rc).unwrap_or(&zeros);
-                if is_vertical(B) {
-                    unpack_vertical::<B>(bc, |i, c| {
-                        os[i..i + 4].copy_from_slice(&k.value(i, c, quad(ys, i)));
-                    });
-                } else {
-                    let mut codes = [0u32; BLOCK];
-                    unpack_block_seq::<B>(bc, &mut codes);
-                    unmap_block(k, &codes, ys, os);
-                }
+                k.value_block(&codes, ys, os);
             }
         } else {
             let mut tmp = [0u8; 8 * 16];
             tmp[..bc.len()].copy_from_slice(bc);
-            let mut codes = [0u32; BLOCK];
             unpack_block_seq::<B>(&tmp, &mut codes);
             let mut ys = [0f32; BLOCK];
             ys[..rc.len()].copy_from_slice(rc);
             // The padding coordinates are decoded too (and dropped), as they were encoded.
             let mut os = [0f32; BLOCK];
-            unmap_block(k, &codes, &ys, &mut os);
+            k.value_block(&codes, &ys, &mut os);
             oc.copy_from_slice(&os[..n]);
         }
     }
 }
 
 fn pack_all<const B: usize>(codes: &[u32], out: &mut [u8]) {
-    let mask = ((1u64 << B) - 1) as u32;
-    for (cc, oc) in codes.chunks(BLOCK).zip(out.chunks_mut(8 * B)) {
-        match <&[u32; BLOCK]>::try_from(cc) {
-            Ok(cs) if is_vertical(B) => pack_vertical::<B>(oc, |i| quad(cs, i)),
-            _ => {
-                let mut buf = [0u32; BLOCK];
-                for (b, c) in buf.iter_mut().zip(cc) {
-                    *b = c & mask;
+    crate::simd::run(
+        #[inline(always)]
+        || {
+            for (cc, oc) in codes.chunks(BLOCK).zip(out.chunks_mut(8 * B)) {
+                match <&[u32; BLOCK]>::try_from(cc) {
+                    Ok(cs) if oc.len() == 8 * B => pack_block::<B>(cs, oc),
+                    _ => {
+                        let mut buf = [0u32; BLOCK];
+                        buf[..cc.len()].copy_from_slice(cc);
+                        let mut tmp = [0u8; 8 * 16];
+                        pack_block_seq::<B>(&buf, &mut tmp);
+                        let n = oc.len();
+                        oc.copy_from_slice(&tmp[..n]);
+                    }
                 }
-                let mut tmp = [0u8; 8 * 16];
-                pack_block_seq::<B>(&buf, &mut tmp);
-                let n = oc.len();
-                oc.copy_from_slice(&tmp[..n]);
             }
-        }
-    }
+        },
+    )
 }
 
 fn unpack_all<const B: usize>(bytes: &[u8], out: &mut [u32]) {
-    for (oc, bc) in out.chunks_mut(BLOCK).zip(bytes.chunks(8 * B)) {
-        if oc.len() == BLOCK {
-            if let Ok(os) = <&mut [u32; BLOCK]>::try_from(oc) {
-                if is_vertical(B) {
-                    unpack_vertical::<B>(bc, |i, c| os[i..i + 4].copy_from_slice(&c));
+    crate::simd::run(
+        #[inline(always)]
+        || {
+            for (oc, bc) in out.chunks_mut(BLOCK).zip(bytes.chunks(8 * B)) {
+                let n = oc.len();
+                if n == BLOCK && bc.len() == 8 * B {
+                    if let Ok(os) = <&mut [u32; BLOCK]>::try_from(oc) {
+                        unpack_block::<B>(bc, os);
+                    }
                 } else {
-                    unpack_block_seq::<B>(bc, os);
+                    let mut tmp = [0u8; 8 * 16];
+                    tmp[..bc.len()].copy_from_slice(bc);
+                    let mut buf = [0u32; BLOCK];
+                    unpack_block_seq::<B>(&tmp, &mut buf);
+                    oc.copy_from_slice(&buf[..n]);
                 }
             }
-        } else {
-            let mut tmp = [0u8; 8 * 16];
-            tmp[..bc.len()].copy_from_slice(bc);
-            let mut buf = [0u32; BLOCK];
-            unpack_block_seq::<B>(&tmp, &mut buf);
-            let n = oc.len();
-            oc.copy_from_slice(&buf[..n]);
-        }
-    }
+        },
+    )
 }
 
 /// Packs `codes` at `bits` bits each (1..=16; higher bits of each code are ignored) into `out`,

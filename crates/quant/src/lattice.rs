@@ -38,7 +38,7 @@
 //!
 //! A correct decode is never reported as failed.
 
-use crate::bits::{decode_map, dispatch_width, encode_map, packed_len, quad, BLOCK};
+use crate::bits::{decode_map, dispatch_width, encode_map, packed_len, BLOCK};
 use crate::rng::{mix64, nonce, unit_f32};
 use crate::stats::{max_abs, MAGIC, MAGIC_BITS};
 use crate::wire::{
@@ -236,31 +236,9 @@ impl<const B: usize> crate::bits::EncodeKernel for EncodeKernel<'_, B> {
     }
 
     #[inline(always)]
-    fn code(&mut self, i: usize, x: [f32; 4]) -> [u32; 4] {
-        let (dt, wt) = (quad(self.dt, i), quad(self.wt, i));
-        let mut t = [0u32; 4];
-        for l in 0..4 {
-            let z = x[l] * self.inv_eps + (dt[l] + self.off);
-            t[l] = (z + MAGIC).to_bits().wrapping_add(BIAS);
-        }
-        // Written as one reduction tree per block of 4, which the SLP vectorizer joins across
-        // the whole (straight-line) block.
-        self.range |= (t[0] | t[1]) | (t[2] | t[3]);
-        let c = |l: usize| check_term(t[l] >> B, wt[l]);
-        self.sum = self.sum.wrapping_add(
-            c(0).wrapping_add(c(1))
-                .wrapping_add(c(2).wrapping_add(c(3))),
-        );
-        t
-    }
-
-    const STAGED: bool = true;
-
-    #[inline(always)]
-    fn code_block(&mut self, xs: &[f32; BLOCK]) -> [u32; BLOCK] {
-        // A plain loop: the loop vectorizer keeps both reductions in registers for the whole
-        // block and reduces them once.
-        let mut codes = [0u32; BLOCK];
+    fn code_block(&mut self, xs: &[f32; BLOCK], codes: &mut [u32; BLOCK]) {
+        // A plain loop: vectorized at the enclosing SIMD width, with both reductions in
+        // registers for the whole block.
         let (mut range, mut sum) = (0u32, 0u32);
         for i in 0..BLOCK {
             let z = xs[i] * self.inv_eps + (self.dt[i] + self.off);
@@ -271,12 +249,23 @@ impl<const B: usize> crate::bits::EncodeKernel for EncodeKernel<'_, B> {
         }
         self.range |= range;
         self.sum = self.sum.wrapping_add(sum);
-        codes
     }
 }
 
 /// Encodes every bucket, or stops when a value is out of range for the step (or not finite).
 fn encode_body<const B: usize>(
+    a: &EncodeArgs<'_>,
+    checks: &mut [u8],
+    codes_out: &mut [u8],
+) -> Result<(), Stop> {
+    crate::simd::run(
+        #[inline(always)]
+        || encode_buckets::<B>(a, checks, codes_out),
+    )
+}
+
+#[inline(always)]
+fn encode_buckets<const B: usize>(
     a: &EncodeArgs<'_>,
     checks: &mut [u8],
     codes_out: &mut [u8],
@@ -352,33 +341,38 @@ impl<const B: usize> crate::bits::DecodeKernel for DecodeKernel<'_, B> {
     }
 
     #[inline(always)]
-    fn value(&mut self, i: usize, c: [u32; 4], y: [f32; 4]) -> [f32; 4] {
+    fn value_block(&mut self, codes: &[u32; BLOCK], ys: &[f32; BLOCK], os: &mut [f32; BLOCK]) {
         let q = (1u32 << B) as f32;
-        let (dt, wt) = (quad(self.dt, i), quad(self.wt, i));
-        let mut out = [0f32; 4];
-        let mut terms = [0u32; 4];
-        for l in 0..4 {
-            let v = dt[l] + self.off;
-            let cf = c[l] as i32 as f32;
-            let zy = y[l] * self.inv_eps + v;
+        let mut sum = 0u32;
+        for i in 0..BLOCK {
+            let v = self.dt[i] + self.off;
+            let cf = codes[i] as i32 as f32;
+            let zy = ys[i] * self.inv_eps + v;
             // round((zy - c) / q) + MAGIC: the wrap count r, exact for |r| < 2^22.
             let rm = (zy - cf) * (1.0 / q) + MAGIC;
-            terms[l] = check_term(rm.to_bits(), wt[l]);
+            sum = sum.wrapping_add(check_term(rm.to_bits(), self.wt[i]));
             let k = cf + (rm - MAGIC) * q;
-            out[l] = (k - v) * self.eps;
+            os[i] = (k - v) * self.eps;
         }
-        // One reduction tree per 4 coordinates, joined across the straight-line block.
-        self.sum = self.sum.wrapping_add(
-            terms[0]
-                .wrapping_add(terms[1])
-                .wrapping_add(terms[2].wrapping_add(terms[3])),
-        );
-        out
+        self.sum = self.sum.wrapping_add(sum);
     }
 }
 
 /// Decodes every bucket; returns the number of failed buckets.
 fn decode_body<const B: usize>(
+    a: &DecodeArgs<'_>,
+    codes_in: &[u8],
+    reference: &[f32],
+    out: &mut [f32],
+) -> usize {
+    crate::simd::run(
+        #[inline(always)]
+        || decode_buckets::<B>(a, codes_in, reference, out),
+    )
+}
+
+#[inline(always)]
+fn decode_buckets<const B: usize>(
     a: &DecodeArgs<'_>,
     codes_in: &[u8],
     reference: &[f32],

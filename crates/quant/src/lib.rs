@@ -45,6 +45,7 @@ mod error;
 pub mod lattice;
 mod rng;
 mod scalar;
+mod simd;
 mod sparse;
 mod spec;
 mod stats;

@@ -54,19 +54,24 @@ fn encode_bucketed<const B: usize, const P: usize, K>(
     mut prep: impl FnMut(&[f32]) -> Result<([f32; P], K), QuantError>,
     mut kernel: impl FnMut(&K, &[f32; BLOCK], &mut [u32; BLOCK]),
 ) -> Result<(), QuantError> {
-    let bucket_bytes = bucket * B / 8;
-    for (b, (xb, cb)) in x
-        .chunks(bucket)
-        .zip(codes.chunks_mut(bucket_bytes))
-        .enumerate()
-    {
-        let (p, k) = prep(xb)?;
-        for (j, v) in p.iter().enumerate() {
-            put_f32_at(params, b * P + j, *v);
-        }
-        encode_blocks::<B>(xb, cb, |_, xs, cs| kernel(&k, xs, cs));
-    }
-    Ok(())
+    crate::simd::run(
+        #[inline(always)]
+        move || {
+            let bucket_bytes = bucket * B / 8;
+            for (b, (xb, cb)) in x
+                .chunks(bucket)
+                .zip(codes.chunks_mut(bucket_bytes))
+                .enumerate()
+            {
+                let (p, k) = prep(xb)?;
+                for (j, v) in p.iter().enumerate() {
+                    put_f32_at(params, b * P + j, *v);
+                }
+                encode_blocks::<B>(xb, cb, |_, xs, cs| kernel(&k, xs, cs));
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Runs the per-bucket decode: `prep` validates a bucket's parameters and returns kernel
@@ -80,20 +85,25 @@ fn decode_bucketed<const B: usize, const P: usize, K>(
     mut prep: impl FnMut([f32; P]) -> Result<K, QuantError>,
     mut kernel: impl FnMut(&K, &[u32; BLOCK], &mut [f32; BLOCK]),
 ) -> Result<(), QuantError> {
-    let bucket_bytes = bucket * B / 8;
-    for (b, (ob, cb)) in out
-        .chunks_mut(bucket)
-        .zip(codes.chunks(bucket_bytes))
-        .enumerate()
-    {
-        let mut p = [0f32; P];
-        for (j, v) in p.iter_mut().enumerate() {
-            *v = f32_at(params, b * P + j);
-        }
-        let k = prep(p)?;
-        decode_blocks::<B>(cb, &[], ob, |_, cs, _, os| kernel(&k, cs, os));
-    }
-    Ok(())
+    crate::simd::run(
+        #[inline(always)]
+        move || {
+            let bucket_bytes = bucket * B / 8;
+            for (b, (ob, cb)) in out
+                .chunks_mut(bucket)
+                .zip(codes.chunks(bucket_bytes))
+                .enumerate()
+            {
+                let mut p = [0f32; P];
+                for (j, v) in p.iter_mut().enumerate() {
+                    *v = f32_at(params, b * P + j);
+                }
+                let k = prep(p)?;
+                decode_blocks::<B>(cb, &[], ob, |_, cs, _, os| kernel(&k, cs, os));
+            }
+            Ok(())
+        },
+    )
 }
 
 /// [`encode_bucketed`] with a per-coordinate kernel (one per bucket, from `prep`), whose codes
@@ -106,20 +116,25 @@ fn encode_bucketed_map<const B: usize, const P: usize, K: EncodeKernel>(
     codes: &mut [u8],
     mut prep: impl FnMut(&[f32]) -> Result<([f32; P], K), QuantError>,
 ) -> Result<(), QuantError> {
-    let bucket_bytes = bucket * B / 8;
-    for (b, (xb, cb)) in x
-        .chunks(bucket)
-        .zip(codes.chunks_mut(bucket_bytes))
-        .enumerate()
-    {
-        let (p, mut k) = prep(xb)?;
-        for (j, v) in p.iter().enumerate() {
-            put_f32_at(params, b * P + j, *v);
-        }
-        let ahead = x.get((b + 1) * bucket..).unwrap_or(&[]);
-        encode_map::<B, K>(xb, cb, &ahead[..ahead.len().min(bucket)], &mut k);
-    }
-    Ok(())
+    crate::simd::run(
+        #[inline(always)]
+        move || {
+            let bucket_bytes = bucket * B / 8;
+            for (b, (xb, cb)) in x
+                .chunks(bucket)
+                .zip(codes.chunks_mut(bucket_bytes))
+                .enumerate()
+            {
+                let (p, mut k) = prep(xb)?;
+                for (j, v) in p.iter().enumerate() {
+                    put_f32_at(params, b * P + j, *v);
+                }
+                let ahead = x.get((b + 1) * bucket..).unwrap_or(&[]);
+                encode_map::<B, K>(xb, cb, &ahead[..ahead.len().min(bucket)], &mut k);
+            }
+            Ok(())
+        },
+    )
 }
 
 /// [`decode_bucketed`] with a per-coordinate kernel (one per bucket, from `prep`), fed straight
@@ -132,20 +147,25 @@ fn decode_bucketed_map<const B: usize, const P: usize, K: DecodeKernel>(
     out: &mut [f32],
     mut prep: impl FnMut([f32; P]) -> Result<K, QuantError>,
 ) -> Result<(), QuantError> {
-    let bucket_bytes = bucket * B / 8;
-    for (b, (ob, cb)) in out
-        .chunks_mut(bucket)
-        .zip(codes.chunks(bucket_bytes))
-        .enumerate()
-    {
-        let mut p = [0f32; P];
-        for (j, v) in p.iter_mut().enumerate() {
-            *v = f32_at(params, b * P + j);
-        }
-        let mut k = prep(p)?;
-        decode_map::<B, K>(cb, &[], ob, &mut k);
-    }
-    Ok(())
+    crate::simd::run(
+        #[inline(always)]
+        move || {
+            let bucket_bytes = bucket * B / 8;
+            for (b, (ob, cb)) in out
+                .chunks_mut(bucket)
+                .zip(codes.chunks(bucket_bytes))
+                .enumerate()
+            {
+                let mut p = [0f32; P];
+                for (j, v) in p.iter_mut().enumerate() {
+                    *v = f32_at(params, b * P + j);
+                }
+                let mut k = prep(p)?;
+                decode_map::<B, K>(cb, &[], ob, &mut k);
+            }
+            Ok(())
+        },
+    )
 }
 
 /// A parsed scalar payload: bucket log2, codec byte, codec u16 field, parameters, codes.
@@ -254,13 +274,11 @@ impl EncodeKernel for MinMaxK {
     fn begin(&mut self, _: usize) {}
 
     #[inline(always)]
-    fn code(&mut self, _: usize, x: [f32; 4]) -> [u32; 4] {
-        let mut c = [0u32; 4];
-        for l in 0..4 {
+    fn code_block(&mut self, xs: &[f32; BLOCK], codes: &mut [u32; BLOCK]) {
+        for (c, &x) in codes.iter_mut().zip(xs) {
             // In [0, qmax + 2^-14] (see `minmax_prep`): rounds into 0..=qmax unclamped.
-            c[l] = round_i((x[l] - self.lo) * self.inv);
+            *c = round_i((x - self.lo) * self.inv);
         }
-        c
     }
 }
 
@@ -275,12 +293,10 @@ impl DecodeKernel for MinMaxD {
     fn begin(&mut self, _: usize) {}
 
     #[inline(always)]
-    fn value(&mut self, _: usize, c: [u32; 4], _: [f32; 4]) -> [f32; 4] {
-        let mut o = [0f32; 4];
-        for l in 0..4 {
-            o[l] = self.lo + c[l] as i32 as f32 * self.step;
+    fn value_block(&mut self, codes: &[u32; BLOCK], _: &[f32; BLOCK], os: &mut [f32; BLOCK]) {
+        for (o, &c) in os.iter_mut().zip(codes) {
+            *o = self.lo + c as i32 as f32 * self.step;
         }
-        o
     }
 }
 
@@ -292,12 +308,10 @@ impl EncodeKernel for SignE {
     fn begin(&mut self, _: usize) {}
 
     #[inline(always)]
-    fn code(&mut self, _: usize, x: [f32; 4]) -> [u32; 4] {
-        let mut c = [0u32; 4];
-        for l in 0..4 {
-            c[l] = x[l].to_bits() >> 31;
+    fn code_block(&mut self, xs: &[f32; BLOCK], codes: &mut [u32; BLOCK]) {
+        for (c, x) in codes.iter_mut().zip(xs) {
+            *c = x.to_bits() >> 31;
         }
-        c
     }
 }
 
@@ -309,15 +323,14 @@ impl DecodeKernel for SignD {
     fn begin(&mut self, _: usize) {}
 
     #[inline(always)]
-    fn value(&mut self, _: usize, c: [u32; 4], _: [f32; 4]) -> [f32; 4] {
-        let mut o = [0f32; 4];
-        for l in 0..4 {
-            o[l] = f32::from_bits(self.0 | (c[l] << 31));
+    fn value_block(&mut self, codes: &[u32; BLOCK], _: &[f32; BLOCK], os: &mut [f32; BLOCK]) {
+        for (o, &c) in os.iter_mut().zip(codes) {
+            *o = f32::from_bits(self.0 | (c << 31));
         }
-        o
     }
 }
 
+#[inline(always)]
 fn minmax_prep(xb: &[f32], qmax: f32) -> Result<([f32; 2], MinMaxK), QuantError> {
     let (lo, hi, finite) = min_max(xb);
     if !finite {
