@@ -1,0 +1,566 @@
+//! The supervisor: spawns the processes of a job, streams their output line by line with a
+//! rank prefix, records summaries and exit statuses, enforces the timeout, stops everything on
+//! SIGINT/SIGTERM/SIGHUP (SIGTERM to each child's process group, then SIGKILL after the grace
+//! period) and leaves no child behind.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::error::LauncherError;
+use crate::pin::{self, Binding};
+use crate::summary::{self, ExitInfo, RankRecord, SUMMARY_MARKER};
+use crate::wrap;
+
+/// How a process's output lines map to ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Demux {
+    /// The process is one rank (local, ssh).
+    Rank(u32),
+    /// srun `--label`: lines start with `K: ` (possibly space-padded).
+    SrunLabel,
+    /// Open MPI `--tag-output`: lines start with `[J,K]<stdout>:` or `[J,K]<stderr>:`.
+    MpiTag,
+}
+
+/// One process to start.
+pub struct ProcSpec {
+    /// Name in messages: `rank 3`, `srun`, `mpirun`.
+    pub name: String,
+    /// The command (stdio and process group are set by the supervisor).
+    pub command: Command,
+    /// How to attribute its output.
+    pub demux: Demux,
+    /// Bytes written to its stdin, which then stays open until the process ends or the job is
+    /// stopped (ssh: the job secret). `None`: stdin is /dev/null.
+    pub stdin_data: Option<Vec<u8>>,
+    /// CPUs to bind it to (`--pin`).
+    pub pin: Option<Binding>,
+    /// What to tell the user when the program does not exist.
+    pub missing_hint: String,
+}
+
+/// Job-wide supervision options.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Number of ranks.
+    pub world_size: u32,
+    /// Stop the job after this long.
+    pub timeout: Option<Duration>,
+    /// SIGTERM-to-SIGKILL grace period.
+    pub grace: Duration,
+    /// Stop the others when one rank fails.
+    pub kill_on_failure: bool,
+}
+
+/// What the supervisor observed.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Per-rank summaries and exit statuses, indexed by rank.
+    pub records: Vec<RankRecord>,
+    /// Exit status of each spawned process, by name (for srun/mpirun, the one launcher process).
+    pub processes: Vec<(String, Option<ExitInfo>)>,
+    /// Why the job was stopped early, if it was.
+    pub stopped: Option<StopReason>,
+    /// Wall-clock seconds.
+    pub wall_seconds: f64,
+}
+
+/// Why the supervisor stopped a job.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StopReason {
+    /// `--timeout` expired.
+    Timeout(f64),
+    /// The launcher received this signal.
+    Signal(i32),
+    /// `--kill-on-failure` and this rank failed.
+    RankFailed(u32),
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::Timeout(s) => write!(f, "timeout after {s} s"),
+            StopReason::Signal(s) => write!(f, "launcher received {}", summary::signal_name(*s)),
+            StopReason::RankFailed(r) => write!(f, "rank {r} failed (--kill-on-failure)"),
+        }
+    }
+}
+
+enum Event {
+    Line {
+        proc: usize,
+        err: bool,
+        line: Vec<u8>,
+    },
+    Eof {
+        proc: usize,
+    },
+    Signal(i32),
+}
+
+struct Proc {
+    name: String,
+    child: Child,
+    pid: i32,
+    demux: Demux,
+    stdin: Option<ChildStdin>,
+    status: Option<ExitStatus>,
+    open_streams: u8,
+    exited_at: Option<Instant>,
+}
+
+fn exit_info(status: ExitStatus) -> ExitInfo {
+    ExitInfo {
+        exit_code: status.code(),
+        signal: status.signal(),
+    }
+}
+
+fn signal_group(pid: i32, sig: Signal) {
+    // ESRCH (nothing left in the group) is the normal case after the leader exited.
+    let _ = killpg(Pid::from_raw(pid), sig);
+}
+
+fn spawn_reader<R: Read + Send + 'static>(proc: usize, err: bool, stream: R, tx: Sender<Event>) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if buf.last() == Some(&b'\n') {
+                        buf.pop();
+                    }
+                    let line = std::mem::take(&mut buf);
+                    if tx.send(Event::Line { proc, err, line }).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(Event::Eof { proc });
+    });
+}
+
+fn spawn_one(spec: &mut ProcSpec) -> std::io::Result<Child> {
+    spec.command
+        .stdin(if spec.stdin_data.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    match (&spec.pin, spec.demux) {
+        (Some(binding), Demux::Rank(rank)) => {
+            let binding = binding.clone();
+            let command = &mut spec.command;
+            std::thread::scope(|s| {
+                s.spawn(move || {
+                    if pin::bind_this_thread(rank, &binding) {
+                        eprintln!(
+                            "launcher: rank {rank} bound to CPUs {} ({})",
+                            topology::hw::format_ranges(&binding.cpus),
+                            binding.why
+                        );
+                    }
+                    command.spawn()
+                })
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("spawning thread panicked")))
+            })
+        }
+        _ => spec.command.spawn(),
+    }
+}
+
+/// Parses srun `--label` output: `K: text` with optional leading spaces.
+fn split_srun_label(line: &[u8]) -> Option<(u32, &[u8])> {
+    let start = line.iter().position(|&b| b != b' ')?;
+    let rest = &line[start..];
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || rest.get(digits) != Some(&b':') {
+        return None;
+    }
+    let rank = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let text = &rest[digits + 1..];
+    Some((rank, text.strip_prefix(b" ").unwrap_or(text)))
+}
+
+/// Parses Open MPI `--tag-output`: `[J,K]<stdout>:text`; returns rank, stderr?, text.
+fn split_mpi_tag(line: &[u8]) -> Option<(u32, bool, &[u8])> {
+    let rest = line.strip_prefix(b"[")?;
+    let close = rest.iter().position(|&b| b == b']')?;
+    let inside = std::str::from_utf8(&rest[..close]).ok()?;
+    let rank = inside.split(',').nth(1)?.trim().parse().ok()?;
+    let rest = &rest[close + 1..];
+    if let Some(t) = rest.strip_prefix(b"<stdout>:") {
+        Some((rank, false, t))
+    } else if let Some(t) = rest.strip_prefix(b"<stderr>:") {
+        Some((rank, true, t))
+    } else {
+        rest.strip_prefix(b":").map(|t| (rank, false, t))
+    }
+}
+
+struct Supervisor {
+    opts: Options,
+    procs: Vec<Proc>,
+    records: Vec<RankRecord>,
+    stopped: Option<StopReason>,
+    stop_deadline: Option<Instant>,
+    killed: bool,
+}
+
+impl Supervisor {
+    fn print(&self, err: bool, prefix: &str, text: &[u8]) {
+        let mut line = Vec::with_capacity(prefix.len() + text.len() + 1);
+        line.extend_from_slice(prefix.as_bytes());
+        line.extend_from_slice(text);
+        line.push(b'\n');
+        // A closed stdout/stderr must not kill the job: ignore write errors.
+        if err {
+            let _ = std::io::stderr().lock().write_all(&line);
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&line);
+            let _ = out.flush();
+        }
+    }
+
+    fn on_line(&mut self, proc: usize, err: bool, line: &[u8]) {
+        let (rank, err, text) = match self.procs[proc].demux {
+            Demux::Rank(r) => (Some(r), err, line),
+            Demux::SrunLabel => match split_srun_label(line) {
+                Some((r, t)) => (Some(r), err, t),
+                None => (None, err, line),
+            },
+            Demux::MpiTag => match split_mpi_tag(line) {
+                Some((r, e, t)) => (Some(r), err || e, t),
+                None => (None, err, line),
+            },
+        };
+        let Some(rank) = rank.filter(|&r| r < self.opts.world_size) else {
+            let prefix = format!("[{}] ", self.procs[proc].name);
+            self.print(err, &prefix, text);
+            return;
+        };
+        if !err {
+            let as_str = String::from_utf8_lossy(text);
+            // The wrapper's exit line; glued to the command's last line when that had no
+            // newline.
+            if let Some((before, code)) = wrap::split_rank_exit(&as_str) {
+                if !before.is_empty() {
+                    self.print(err, &format!("[rank {rank}] "), before.as_bytes());
+                }
+                self.on_rank_exit(
+                    rank,
+                    ExitInfo {
+                        exit_code: Some(code),
+                        signal: None,
+                    },
+                );
+                return;
+            }
+            if let Some(json) = as_str.strip_prefix(SUMMARY_MARKER) {
+                match summary::parse_summary(json) {
+                    Ok(obj) => {
+                        if let Some(r) = obj.get("rank").and_then(|v| v.as_u64()) {
+                            if r != u64::from(rank) {
+                                eprintln!(
+                                    "launcher: warning: rank {rank} printed a summary for rank {r}"
+                                );
+                            }
+                        }
+                        self.records[rank as usize].summary = Some(obj);
+                    }
+                    Err(e) => eprintln!("launcher: warning: rank {rank}: {e}"),
+                }
+            }
+        }
+        self.print(err, &format!("[rank {rank}] "), text);
+    }
+
+    fn on_rank_exit(&mut self, rank: u32, info: ExitInfo) {
+        self.records[rank as usize].exit = Some(info);
+        if !info.success() && self.opts.kill_on_failure && self.stopped.is_none() {
+            eprintln!(
+                "launcher: rank {rank} failed ({info}); stopping the job (--kill-on-failure)"
+            );
+            self.stop(StopReason::RankFailed(rank));
+        }
+    }
+
+    /// Starts stopping the job: SIGTERM to every running process group, SIGKILL after grace.
+    fn stop(&mut self, reason: StopReason) {
+        if self.stopped.is_none() {
+            self.stopped = Some(reason);
+        }
+        self.stop_deadline = Some(Instant::now() + self.opts.grace);
+        for p in &mut self.procs {
+            p.stdin = None;
+            if p.status.is_none() {
+                signal_group(p.pid, Signal::SIGTERM);
+            }
+        }
+    }
+
+    fn kill_all(&mut self) {
+        self.killed = true;
+        for p in &mut self.procs {
+            p.stdin = None;
+            // Also groups whose leader already exited: leftovers keep pipes open.
+            if p.status.is_none() || p.open_streams > 0 {
+                signal_group(p.pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    fn poll_children(&mut self) {
+        for i in 0..self.procs.len() {
+            if self.procs[i].status.is_some() {
+                continue;
+            }
+            let status = match self.procs[i].child.try_wait() {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                Err(e) => {
+                    eprintln!("launcher: waiting for {}: {e}", self.procs[i].name);
+                    continue;
+                }
+            };
+            let p = &mut self.procs[i];
+            p.status = Some(status);
+            p.exited_at = Some(Instant::now());
+            p.stdin = None;
+            // Whatever the leader left in its group is an orphan now: ask it to stop.
+            signal_group(p.pid, Signal::SIGTERM);
+            let info = exit_info(status);
+            match p.demux {
+                Demux::Rank(rank) => {
+                    // Over ssh the wrapper's report (the remote exit code) came first and is
+                    // more precise than ssh's own status: keep it.
+                    if self.records[rank as usize].exit.is_none() {
+                        self.on_rank_exit(rank, info);
+                    }
+                }
+                Demux::SrunLabel | Demux::MpiTag => {
+                    if !info.success() {
+                        eprintln!("launcher: {} ended with {info}", p.name);
+                    }
+                }
+            }
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.procs
+            .iter()
+            .all(|p| p.status.is_some() && p.open_streams == 0)
+    }
+}
+
+/// Runs the processes of one job to completion (or until stopped) and returns what happened.
+pub fn run(specs: Vec<ProcSpec>, opts: Options) -> Result<Outcome, LauncherError> {
+    let (tx, rx): (Sender<Event>, Receiver<Event>) = mpsc::channel();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| LauncherError::Io("installing signal handlers".into(), e))?;
+    let signal_handle = signals.handle();
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(Event::Signal(sig)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    let start = Instant::now();
+    let mut sup = Supervisor {
+        opts,
+        procs: Vec::new(),
+        records: vec![RankRecord::default(); opts.world_size as usize],
+        stopped: None,
+        stop_deadline: None,
+        killed: false,
+    };
+    for mut spec in specs {
+        let program = spec.command.get_program().to_string_lossy().into_owned();
+        let mut child = match spawn_one(&mut spec) {
+            Ok(c) => c,
+            Err(e) => {
+                // Do not leave the ranks already started behind.
+                for p in &mut sup.procs {
+                    signal_group(p.pid, Signal::SIGKILL);
+                    let _ = p.child.wait();
+                }
+                signal_handle.close();
+                return Err(if e.kind() == std::io::ErrorKind::NotFound {
+                    LauncherError::MissingProgram {
+                        program,
+                        hint: spec.missing_hint,
+                    }
+                } else {
+                    LauncherError::Io(format!("starting {} (`{program}`)", spec.name), e)
+                });
+            }
+        };
+        let idx = sup.procs.len();
+        let mut open_streams = 0;
+        if let Some(out) = child.stdout.take() {
+            spawn_reader(idx, false, out, tx.clone());
+            open_streams += 1;
+        }
+        if let Some(err) = child.stderr.take() {
+            spawn_reader(idx, true, err, tx.clone());
+            open_streams += 1;
+        }
+        let mut stdin = child.stdin.take();
+        if let (Some(s), Some(data)) = (stdin.as_mut(), spec.stdin_data.as_ref()) {
+            if let Err(e) = s.write_all(data).and_then(|()| s.flush()) {
+                eprintln!("launcher: writing to {}'s stdin: {e}", spec.name);
+            }
+        }
+        let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+        sup.procs.push(Proc {
+            name: spec.name,
+            child,
+            pid,
+            demux: spec.demux,
+            stdin,
+            status: None,
+            open_streams,
+            exited_at: None,
+        });
+    }
+    drop(tx);
+
+    let deadline = opts.timeout.map(|t| start + t);
+    let tick = Duration::from_millis(50);
+    loop {
+        match rx.recv_timeout(tick) {
+            Ok(Event::Line { proc, err, line }) => sup.on_line(proc, err, &line),
+            Ok(Event::Eof { proc }) => {
+                sup.procs[proc].open_streams = sup.procs[proc].open_streams.saturating_sub(1)
+            }
+            Ok(Event::Signal(sig)) => {
+                if sup.stopped.is_some() && sup.stop_deadline.is_some() {
+                    eprintln!(
+                        "launcher: {} again; killing every rank now",
+                        summary::signal_name(sig)
+                    );
+                    sup.kill_all();
+                } else {
+                    eprintln!(
+                        "launcher: {}; stopping every rank (SIGTERM, SIGKILL after {:?})",
+                        summary::signal_name(sig),
+                        opts.grace
+                    );
+                    sup.stop(StopReason::Signal(sig));
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {}
+        }
+        sup.poll_children();
+        let now = Instant::now();
+        if let Some(d) = deadline {
+            if now >= d && sup.stopped.is_none() && !sup.finished() {
+                let secs = opts.timeout.map(|t| t.as_secs_f64()).unwrap_or_default();
+                eprintln!("launcher: timeout after {secs} s; stopping every rank");
+                sup.stop(StopReason::Timeout(secs));
+            }
+        }
+        if let Some(d) = sup.stop_deadline {
+            if now >= d && !sup.killed && !sup.finished() {
+                eprintln!("launcher: grace period over; sending SIGKILL");
+                sup.kill_all();
+            }
+        }
+        // Leaders that exited while leftovers in their group keep the pipes open.
+        let linger = sup
+            .procs
+            .iter()
+            .any(|p| p.open_streams > 0 && p.exited_at.is_some_and(|t| now >= t + opts.grace));
+        if linger && !sup.killed {
+            sup.kill_all();
+        }
+        if sup.finished() {
+            break;
+        }
+        // After SIGKILL, give readers a moment, then stop waiting for pipes held elsewhere.
+        if sup.killed
+            && sup.procs.iter().all(|p| p.status.is_some())
+            && sup
+                .procs
+                .iter()
+                .filter_map(|p| p.exited_at)
+                .max()
+                .is_some_and(|t| now >= t + Duration::from_secs(2))
+        {
+            break;
+        }
+    }
+    // Drain lines that arrived with the last EOFs.
+    while let Ok(ev) = rx.try_recv() {
+        if let Event::Line { proc, err, line } = ev {
+            sup.on_line(proc, err, &line);
+        }
+    }
+    signal_handle.close();
+
+    let processes = sup
+        .procs
+        .iter()
+        .map(|p| (p.name.clone(), p.status.map(exit_info)))
+        .collect();
+    Ok(Outcome {
+        records: sup.records,
+        processes,
+        stopped: sup.stopped,
+        wall_seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn srun_labels() {
+        assert_eq!(split_srun_label(b"3: hello"), Some((3, &b"hello"[..])));
+        assert_eq!(split_srun_label(b" 12: x: y"), Some((12, &b"x: y"[..])));
+        assert_eq!(split_srun_label(b"0:"), Some((0, &b""[..])));
+        assert_eq!(split_srun_label(b"srun: error: x"), None);
+        assert_eq!(split_srun_label(b""), None);
+    }
+
+    #[test]
+    fn mpi_tags() {
+        assert_eq!(
+            split_mpi_tag(b"[1,3]<stdout>:hi"),
+            Some((3, false, &b"hi"[..]))
+        );
+        assert_eq!(
+            split_mpi_tag(b"[1,0]<stderr>: e"),
+            Some((0, true, &b" e"[..]))
+        );
+        assert_eq!(split_mpi_tag(b"[host:123] oops"), None);
+    }
+}
