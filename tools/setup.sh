@@ -54,3 +54,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   sudo_if_needed apt-get update -qq
   DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# Multi-process launcher (tools/launcher, tools/slurm-localhost.sh): a real one-node Slurm
+# (slurmctld, slurmd, srun; munge for its authentication) and Open MPI's mpirun for the
+# launcher's `slurm` and `mpirun` modes.
+launcher_packages=(slurm-wlm munge openmpi-bin)
+missing=()
+for p in "${launcher_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing Debian packages for the launcher: ${missing[*]}"
+  sudo_if_needed apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
