@@ -285,12 +285,18 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
         for _ in 0..steps_per_epoch {
             if stop.load(Ordering::Relaxed) {
                 let path = rank_checkpoint(&cfg.raw.out, rank);
-                save_checkpoint(&path, cfg, rank, n, epoch, step, &mut model)?;
+                let saved = if path.is_file() {
+                    format!(
+                        "its last checkpoint is {} (continue with --resume {})",
+                        path.display(),
+                        cfg.raw.out.display()
+                    )
+                } else {
+                    "no checkpoint was written (use --checkpoint-every)".to_string()
+                };
                 return Err(TrainError::Node(format!(
-                    "rank {rank} interrupted at epoch {epoch}, step {step}; its last finished \
-                     epoch is checkpointed in {} (continue with --resume {})",
-                    path.display(),
-                    cfg.raw.out.display()
+                    "rank {rank} interrupted in epoch {}, after step {step}; {saved}",
+                    epoch + 1
                 )));
             }
             model.with_params_mut(|p| swarm.step_boundary(p))?;
