@@ -13,6 +13,9 @@ echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 echo "== cargo test"
 cargo test --workspace 2>&1 | tee target/test-output.txt
+echo "== launcher end-to-end: 4 ranks through a real Slurm on localhost; local tcp vs in-process accuracy"
+cargo build --profile test -p trainer -p launcher --bins --quiet
+bash tools/launcher-e2e.sh all 2>&1 | tee -a target/test-output.txt
 passed=$(grep -Eo '[0-9]+ passed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
 echo "$passed passed, $failed failed"
