@@ -65,40 +65,9 @@ use std::time::Duration;
 
 pub use endpoint::{ServerStats, TcpEndpoint};
 
-/// A job's credentials: every connection between nodes of the job presents them.
-#[derive(Clone, PartialEq, Eq)]
-pub struct JobAuth {
-    /// The job id (e.g. from the launcher or the scheduler).
-    pub job: u64,
-    /// The per-job secret, shared by every node of the job (e.g. drawn by rank 0 and handed out
-    /// by the rendezvous).
-    pub secret: [u8; wire::SECRET_LEN],
-}
-
-impl JobAuth {
-    /// Credentials for job `job` with the given secret.
-    pub fn new(job: u64, secret: [u8; wire::SECRET_LEN]) -> Self {
-        JobAuth { job, secret }
-    }
-
-    /// Whether `secret` is this job's secret, compared in time independent of where they differ.
-    pub(crate) fn secret_matches(&self, secret: &[u8; wire::SECRET_LEN]) -> bool {
-        self.secret
-            .iter()
-            .zip(secret)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-    }
-}
-
-impl std::fmt::Debug for JobAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobAuth")
-            .field("job", &self.job)
-            .field("secret", &"<redacted>")
-            .finish()
-    }
-}
+/// A job's credentials (job id and per-job secret): every connection between nodes of the job
+/// presents them. The same type the job's rendezvous store checks.
+pub use rendezvous::JobAuth;
 
 /// Timeouts and limits of a [`TcpEndpoint`].
 #[derive(Debug, Clone)]

@@ -210,9 +210,8 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
         io_timeout: peer_timeout,
         ..TcpConfig::default()
     };
-    let auth = tcp_transport::JobAuth::new(job.auth.job, job.auth.secret);
     let bind = SocketAddr::new(local_ip(&job)?, 0);
-    let mut endpoint = TcpEndpoint::bind_with(rank, bind, capacity, auth, tcp_config)
+    let mut endpoint = TcpEndpoint::bind_with(rank, bind, capacity, job.auth.clone(), tcp_config)
         .map_err(|e| TrainError::Node(e.to_string()))?;
     let my_addr = endpoint.local_addr().to_string();
     store
