@@ -105,21 +105,33 @@ impl Objective for LeastSquares {
 
     fn step(&self, node: usize, x: &mut [f32], lr: f32, _rng: &mut StdRng) {
         let (a, b, d) = (&self.a[node], &self.b[node], self.d);
-        let mut grad = vec![0.0f64; d];
-        for r in 0..self.m {
+        // The gradient sum_r residual_r * row_r, with every residual taken at the old x; the
+        // residuals sit on the stack for small shards, so a step allocates nothing.
+        let mut small = [0.0f64; 32];
+        let mut large = Vec::new();
+        let residuals: &mut [f64] = if self.m <= small.len() {
+            &mut small[..self.m]
+        } else {
+            large.resize(self.m, 0.0);
+            &mut large
+        };
+        for (r, res) in residuals.iter_mut().enumerate() {
             let row = &a[r * d..(r + 1) * d];
-            let residual: f64 = row
+            *res = row
                 .iter()
                 .zip(x.iter())
                 .map(|(a, x)| a * f64::from(*x))
                 .sum::<f64>()
                 - b[r];
-            for (g, a) in grad.iter_mut().zip(row) {
-                *g += residual * a;
-            }
         }
-        for (xi, g) in x.iter_mut().zip(grad) {
-            *xi -= lr * (g / self.m as f64) as f32;
+        let scale = f64::from(lr) / self.m as f64;
+        for (c, xi) in x.iter_mut().enumerate() {
+            let g: f64 = residuals
+                .iter()
+                .enumerate()
+                .map(|(r, res)| res * a[r * d + c])
+                .sum();
+            *xi -= (g * scale) as f32;
         }
     }
 

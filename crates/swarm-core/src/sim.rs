@@ -7,8 +7,6 @@
 //! a peer reads the copy published at the end of the node's last interaction (or at start), and a
 //! pairwise correction waits in the partner's slot until the partner's next activation.
 
-use std::collections::BTreeMap;
-
 use quant::{Codec, IdentityCodec};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -49,18 +47,34 @@ pub struct SimStats {
 }
 
 /// The simulator. See the module documentation for its event model.
+///
+/// The hot path allocates nothing: models, published copies and corrections live in buffers that
+/// are reused, and with full-precision averaging (no codec set, or only `none` codecs) a read is a
+/// plain copy of the published values, counted as the `8 + 4 d` bytes the identity codec would move.
 pub struct Simulator<O: Objective> {
     neighbours: Vec<Vec<NodeId>>,
     objective: O,
     cfg: SimConfig,
     rng: StdRng,
+    dim: usize,
     models: Vec<Vec<f32>>,
     schedules: Vec<Schedule>,
     codecs: Vec<Box<dyn Codec>>,
-    /// Encoded published copy and its full-precision twin, per node (None: never published).
-    published: Vec<Option<(Vec<u8>, Vec<f32>)>>,
-    /// `slots[j][i]`: the correction node i deposited at node j, not yet folded.
-    slots: Vec<BTreeMap<NodeId, Vec<f32>>>,
+    /// True when every codec is the identity: reads skip encoding and decoding.
+    identity: bool,
+    /// Full-precision twin of every node's published copy, `n * dim` values.
+    published_values: Vec<f32>,
+    /// Encoded published copy per node (empty with identity codecs).
+    published_bytes: Vec<Vec<u8>>,
+    /// Whether node `i` has published (a window never published is not a model).
+    published: Vec<bool>,
+    /// `slots[j]`: the corrections `(i, c)` node i deposited at node j, not yet folded.
+    slots: Vec<Vec<(NodeId, Vec<f32>)>>,
+    /// Correction buffers no longer in a slot, for reuse.
+    spare: Vec<Vec<f32>>,
+    /// What a reader decoded (or, for blocking exchanges, the two models exchanged).
+    scratch: [Vec<f32>; 2],
+    encode_buf: Vec<u8>,
     stats: SimStats,
 }
 
@@ -92,16 +106,25 @@ impl<O: Objective> Simulator<O> {
                 objective.nodes()
             )));
         }
-        if models.iter().any(|m| m.len() != objective.dim()) {
+        let dim = objective.dim();
+        if models.iter().any(|m| m.len() != dim) {
             return Err(SwarmError::Config(format!(
-                "every starting model must have the objective's dimension {}",
-                objective.dim()
+                "every starting model must have the objective's dimension {dim}"
             )));
         }
+        // Sorted copies make the symmetry check O(E log d) instead of O(E d) at large n.
+        let sorted: Vec<Vec<NodeId>> = neighbours
+            .iter()
+            .map(|l| {
+                let mut l = l.clone();
+                l.sort_unstable();
+                l
+            })
+            .collect();
         for (i, list) in neighbours.iter().enumerate() {
             if list
                 .iter()
-                .any(|&j| j >= n || j == i || !neighbours[j].contains(&i))
+                .any(|&j| j >= n || j == i || sorted[j].binary_search(&i).is_err())
             {
                 return Err(SwarmError::Config(format!(
                     "adjacency of node {i} is not part of an undirected simple graph on {n} nodes"
@@ -120,11 +143,18 @@ impl<O: Objective> Simulator<O> {
             objective,
             cfg,
             rng,
+            dim,
             models,
             schedules,
             codecs,
-            published: vec![None; n],
-            slots: vec![BTreeMap::new(); n],
+            identity: true,
+            published_values: vec![0.0; n * dim],
+            published_bytes: vec![Vec::new(); n],
+            published: vec![false; n],
+            slots: vec![Vec::new(); n],
+            spare: Vec::new(),
+            scratch: [vec![0.0; dim], vec![0.0; dim]],
+            encode_buf: Vec::new(),
             stats: SimStats::default(),
         };
         for i in 0..n {
@@ -138,6 +168,7 @@ impl<O: Objective> Simulator<O> {
         if codecs.len() != self.models.len() {
             return Err(SwarmError::Config("one codec per node is needed".into()));
         }
+        self.identity = codecs.iter().all(|c| c.name() == "none");
         self.codecs = codecs;
         for i in 0..self.models.len() {
             self.publish(i)?;
@@ -148,7 +179,7 @@ impl<O: Objective> Simulator<O> {
     /// Marks node `i` as never having published (to test the not-yet-published rule).
     pub fn unpublish(&mut self, i: NodeId) {
         if let Some(p) = self.published.get_mut(i) {
-            *p = None;
+            *p = false;
         }
     }
 
@@ -176,8 +207,8 @@ impl<O: Objective> Simulator<O> {
     /// quantity pairwise averaging conserves.
     pub fn mean_with_pending(&self) -> Vec<f64> {
         let n = self.models.len() as f64;
-        let mut mean = vec![0.0f64; self.objective.dim()];
-        let pending = self.slots.iter().flat_map(|m| m.values());
+        let mut mean = vec![0.0f64; self.dim];
+        let pending = self.slots.iter().flatten().map(|(_, c)| c);
         for v in self.models.iter().chain(pending) {
             for (s, x) in mean.iter_mut().zip(v) {
                 *s += f64::from(*x) / n;
@@ -202,8 +233,9 @@ impl<O: Objective> Simulator<O> {
 
     /// Runs `events` activations.
     pub fn run(&mut self, events: u64) -> Result<(), SwarmError> {
+        let n = self.models.len();
         for _ in 0..events {
-            let i = self.rng.random_range(0..self.models.len());
+            let i = self.rng.random_range(0..n);
             self.activate(i)?;
         }
         Ok(())
@@ -232,32 +264,38 @@ impl<O: Objective> Simulator<O> {
             Interaction::Blocking => {
                 self.fold_inbox(j)?;
                 // Both stop and exchange their current models.
-                let xi = self.models[i].clone();
-                let xj = self.models[j].clone();
-                let from_j = self.decode_current(i, j, &xj)?;
-                let from_i = self.decode_current(j, i, &xi)?;
+                let [mut from_j, mut from_i] = std::mem::take(&mut self.scratch);
+                self.decode_current(i, j, &mut from_j)?;
+                self.decode_current(j, i, &mut from_i)?;
                 average_into(&mut self.models[i], &from_j);
                 average_into(&mut self.models[j], &from_i);
+                self.scratch = [from_j, from_i];
                 self.publish(i)?;
                 self.publish(j)?;
             }
             Interaction::Pull | Interaction::Pairwise => {
-                if self.cfg.interaction == Interaction::Pairwise && self.slots[j].contains_key(&i) {
+                let pairwise = self.cfg.interaction == Interaction::Pairwise;
+                if pairwise && self.slots[j].iter().any(|(from, _)| *from == i) {
                     self.stats.skipped_busy += 1;
                     return Ok(());
                 }
-                let Some(peer) = self.read_published(i, j) else {
+                let [mut peer, other] = std::mem::take(&mut self.scratch);
+                let read = self.read_published(i, j, &mut peer);
+                if !read {
+                    self.scratch = [peer, other];
                     self.stats.skipped_unpublished += 1;
                     return Ok(());
-                };
-                if self.cfg.interaction == Interaction::Pull {
-                    average_into(&mut self.models[i], &peer);
-                } else {
-                    let mut correction = vec![0.0; peer.len()];
+                }
+                if pairwise {
+                    let mut correction = self.spare.pop().unwrap_or_default();
+                    correction.resize(self.dim, 0.0);
                     pairwise_average(&mut self.models[i], &peer, &mut correction);
                     self.stats.bytes += 8 + 4 * correction.len() as u64;
-                    self.slots[j].insert(i, correction);
+                    self.slots[j].push((i, correction));
+                } else {
+                    average_into(&mut self.models[i], &peer);
                 }
+                self.scratch = [peer, other];
                 self.publish(i)?;
             }
         }
@@ -278,68 +316,90 @@ impl<O: Objective> Simulator<O> {
         if self.slots[j].is_empty() {
             return Ok(());
         }
-        let slots = std::mem::take(&mut self.slots[j]);
-        for c in slots.values() {
-            fold_correction(&mut self.models[j], c);
+        let mut slots = std::mem::take(&mut self.slots[j]);
+        for (_, c) in slots.drain(..) {
+            fold_correction(&mut self.models[j], &c);
+            self.spare.push(c);
         }
+        self.slots[j] = slots;
         self.publish(j)
     }
 
     fn publish(&mut self, i: NodeId) -> Result<(), SwarmError> {
-        let mut encoded = Vec::new();
-        self.codecs[i].encode(&self.models[i], &mut encoded)?;
-        self.published[i] = Some((encoded, self.models[i].clone()));
+        let d = self.dim;
+        self.published_values[i * d..(i + 1) * d].copy_from_slice(&self.models[i]);
+        if !self.identity {
+            self.codecs[i].encode(&self.models[i], &mut self.published_bytes[i])?;
+        }
+        self.published[i] = true;
         Ok(())
     }
 
-    /// What `reader` decodes from `owner`'s published copy, relative to its own model.
-    fn read_published(&mut self, reader: NodeId, owner: NodeId) -> Option<Vec<f32>> {
-        let (encoded, full) = self.published[owner].as_ref()?;
-        Some(decode_or_fall_back(
-            self.codecs[reader].as_mut(),
-            &self.models[reader],
-            encoded,
-            full,
-            &mut self.stats,
-        ))
+    /// What `reader` decodes from `owner`'s published copy, relative to its own model, into
+    /// `out`; false when `owner` never published.
+    fn read_published(&mut self, reader: NodeId, owner: NodeId, out: &mut [f32]) -> bool {
+        if !self.published[owner] {
+            return false;
+        }
+        let d = self.dim;
+        let full = &self.published_values[owner * d..(owner + 1) * d];
+        if self.identity {
+            out.copy_from_slice(full);
+            self.stats.bytes += 8 + 4 * d as u64;
+        } else {
+            decode_or_fall_back(
+                self.codecs[reader].as_mut(),
+                &self.models[reader],
+                &self.published_bytes[owner],
+                full,
+                out,
+                &mut self.stats,
+            );
+        }
+        true
     }
 
-    /// What `reader` decodes from `owner`'s current model `x`, exchanged at this moment.
+    /// What `reader` decodes from `owner`'s current model, exchanged at this moment, into `out`.
     fn decode_current(
         &mut self,
         reader: NodeId,
         owner: NodeId,
-        x: &[f32],
-    ) -> Result<Vec<f32>, SwarmError> {
-        let mut encoded = Vec::new();
-        self.codecs[owner].encode(x, &mut encoded)?;
-        Ok(decode_or_fall_back(
+        out: &mut [f32],
+    ) -> Result<(), SwarmError> {
+        if self.identity {
+            out.copy_from_slice(&self.models[owner]);
+            self.stats.bytes += 8 + 4 * self.dim as u64;
+            return Ok(());
+        }
+        self.codecs[owner].encode(&self.models[owner], &mut self.encode_buf)?;
+        decode_or_fall_back(
             self.codecs[reader].as_mut(),
             &self.models[reader],
-            &encoded,
-            x,
+            &self.encode_buf,
+            &self.models[owner],
+            out,
             &mut self.stats,
-        ))
+        );
+        Ok(())
     }
 }
 
-/// Decodes `encoded` relative to the reader's `reference`; a decode that fails its check is
-/// replaced by the full-precision copy `full` (and its bytes counted). The reader's codec then
-/// observes the distance to what was read.
+/// Decodes `encoded` relative to the reader's `reference` into `out`; a decode that fails its
+/// check is replaced by the full-precision copy `full` (and its bytes counted). The reader's codec
+/// then observes the distance to what was read.
 fn decode_or_fall_back(
     codec: &mut dyn Codec,
     reference: &[f32],
     encoded: &[u8],
     full: &[f32],
+    out: &mut [f32],
     stats: &mut SimStats,
-) -> Vec<f32> {
-    let mut out = vec![0.0; full.len()];
+) {
     stats.bytes += encoded.len() as u64;
-    if !matches!(codec.decode(encoded, reference, &mut out), Ok(r) if r.is_ok()) {
+    if !matches!(codec.decode(encoded, reference, out), Ok(r) if r.is_ok()) {
         stats.decode_fallbacks += 1;
         stats.bytes += 4 * full.len() as u64;
         out.copy_from_slice(full);
     }
-    codec.observe_distance(linf_distance(reference, &out));
-    out
+    codec.observe_distance(linf_distance(reference, out));
 }
