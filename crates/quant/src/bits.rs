@@ -287,6 +287,39 @@ pub(crate) fn encode_map<const B: usize, K: EncodeKernel>(
     std::hint::black_box(touched);
 }
 
+/// Values decoded into a cache-resident stage before one copy to the output (32 KB).
+pub(crate) const STAGE: usize = 8192;
+
+fn staging_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("QUANT_STAGE").as_deref() != Ok("0"))
+}
+
+/// Runs `f(first_bucket, piece)` over consecutive pieces of `out` made of whole buckets.
+///
+/// A decoder's output is usually far larger than the caches, and plain stores to it read every
+/// line from memory before overwriting it (read-for-ownership). Decoding each piece into a
+/// stack buffer that stays in L1/L2 and copying it out with one `copy_from_slice` lets the
+/// C library's `memcpy` write whole lines (`rep movsb`), which skips those reads.
+#[inline(always)]
+pub(crate) fn staged<E>(
+    out: &mut [f32],
+    bucket: usize,
+    mut f: impl FnMut(usize, &mut [f32]) -> Result<(), E>,
+) -> Result<(), E> {
+    if bucket == 0 || bucket > STAGE || out.len() < 2 * STAGE || !staging_enabled() {
+        return f(0, out);
+    }
+    let per = STAGE / bucket * bucket;
+    let mut stage = [0f32; STAGE];
+    for (i, oc) in out.chunks_mut(per).enumerate() {
+        let s = &mut stage[..oc.len()];
+        f(i * (per / bucket), s)?;
+        oc.copy_from_slice(s);
+    }
+    Ok(())
+}
+
 /// Decodes `out.len()` values from `bytes` (`packed_len(out.len(), B)` bytes) with `k`, passing
 /// the matching coordinates of `reference` (zero beyond its end; pass `&[]` when unused).
 #[inline(always)]

@@ -5,8 +5,8 @@
 //! `size = 12 + 4 * params_per_bucket * ceil(d / bucket) + ceil(d * bits / 8)`.
 
 use crate::bits::{
-    decode_blocks, decode_map, dispatch_width, encode_blocks, encode_map, packed_len, DecodeKernel,
-    EncodeKernel, BLOCK,
+    decode_blocks, decode_map, dispatch_width, encode_blocks, encode_map, packed_len, staged,
+    DecodeKernel, EncodeKernel, BLOCK,
 };
 use crate::rng::{nonce, LaneRng};
 use crate::stats::{max_abs, min_max, round_f, round_i, sum_abs, sum_sq};
@@ -67,7 +67,12 @@ fn encode_bucketed<const B: usize, const P: usize, K>(
                 for (j, v) in p.iter().enumerate() {
                     put_f32_at(params, b * P + j, *v);
                 }
-                encode_blocks::<B>(xb, cb, |_, xs, cs| kernel(&k, xs, cs));
+                encode_blocks::<B>(
+                    xb,
+                    cb,
+                    #[inline(always)]
+                    |_, xs, cs| kernel(&k, xs, cs),
+                );
             }
             Ok(())
         },
@@ -99,7 +104,13 @@ fn decode_bucketed<const B: usize, const P: usize, K>(
                     *v = f32_at(params, b * P + j);
                 }
                 let k = prep(p)?;
-                decode_blocks::<B>(cb, &[], ob, |_, cs, _, os| kernel(&k, cs, os));
+                decode_blocks::<B>(
+                    cb,
+                    &[],
+                    ob,
+                    #[inline(always)]
+                    |_, cs, _, os| kernel(&k, cs, os),
+                );
             }
             Ok(())
         },
@@ -151,19 +162,28 @@ fn decode_bucketed_map<const B: usize, const P: usize, K: DecodeKernel>(
         #[inline(always)]
         move || {
             let bucket_bytes = bucket * B / 8;
-            for (b, (ob, cb)) in out
-                .chunks_mut(bucket)
-                .zip(codes.chunks(bucket_bytes))
-                .enumerate()
-            {
-                let mut p = [0f32; P];
-                for (j, v) in p.iter_mut().enumerate() {
-                    *v = f32_at(params, b * P + j);
-                }
-                let mut k = prep(p)?;
-                decode_map::<B, K>(cb, &[], ob, &mut k);
-            }
-            Ok(())
+            staged(
+                out,
+                bucket,
+                #[inline(always)]
+                |b0, piece| {
+                    let codes = codes.get(b0 * bucket_bytes..).unwrap_or(&[]);
+                    for (i, (ob, cb)) in piece
+                        .chunks_mut(bucket)
+                        .zip(codes.chunks(bucket_bytes))
+                        .enumerate()
+                    {
+                        let b = b0 + i;
+                        let mut p = [0f32; P];
+                        for (j, v) in p.iter_mut().enumerate() {
+                            *v = f32_at(params, b * P + j);
+                        }
+                        let mut k = prep(p)?;
+                        decode_map::<B, K>(cb, &[], ob, &mut k);
+                    }
+                    Ok(())
+                },
+            )
         },
     )
 }
@@ -364,9 +384,14 @@ fn minmax_encode<const B: usize>(
 ) -> Result<(), QuantError> {
     let qmax = ((1u32 << B) - 1) as f32;
     match rounding {
-        Rounding::Nearest => encode_bucketed_map::<B, 2, MinMaxK>(x, bucket, params, codes, |xb| {
-            minmax_prep(xb, qmax)
-        }),
+        Rounding::Nearest => encode_bucketed_map::<B, 2, MinMaxK>(
+            x,
+            bucket,
+            params,
+            codes,
+            #[inline(always)]
+            |xb| minmax_prep(xb, qmax),
+        ),
         Rounding::Stochastic => {
             let mut rng = LaneRng::new(seed);
             encode_bucketed::<B, 2, MinMaxK>(
@@ -374,7 +399,9 @@ fn minmax_encode<const B: usize>(
                 bucket,
                 params,
                 codes,
+                #[inline(always)]
                 |xb| minmax_prep(xb, qmax),
+                #[inline(always)]
                 |k, xs, cs| {
                     let mut u = [0f32; BLOCK];
                     rng.fill(&mut u);
@@ -396,13 +423,20 @@ fn minmax_decode<const B: usize>(
     bucket: usize,
     out: &mut [f32],
 ) -> Result<(), QuantError> {
-    decode_bucketed_map::<B, 2, MinMaxD>(codes, params, bucket, out, |[lo, step]| {
-        if !lo.is_finite() {
-            return Err(QuantError::Corrupt(format!("bucket minimum {lo}")));
-        }
-        check_finite_param(step, "bucket step")?;
-        Ok(MinMaxD { lo, step })
-    })
+    decode_bucketed_map::<B, 2, MinMaxD>(
+        codes,
+        params,
+        bucket,
+        out,
+        #[inline(always)]
+        |[lo, step]| {
+            if !lo.is_finite() {
+                return Err(QuantError::Corrupt(format!("bucket minimum {lo}")));
+            }
+            check_finite_param(step, "bucket step")?;
+            Ok(MinMaxD { lo, step })
+        },
+    )
 }
 
 impl Codec for MinMaxCodec {
@@ -505,13 +539,20 @@ impl Codec for SignCodec {
         let bucket = 1usize << self.bucket_log2;
         size_output(out, Self::encoded_len(self.bucket_log2, x.len()));
         let (head, params, codes) = regions(out, 4 * x.len().div_ceil(bucket));
-        let r = encode_bucketed_map::<1, 1, SignE>(x, bucket, params, codes, |xb| {
-            let s = sum_abs(xb);
-            if !s.is_finite() {
-                return Err(QuantError::NonFinite);
-            }
-            Ok(([s / xb.len() as f32], SignE))
-        });
+        let r = encode_bucketed_map::<1, 1, SignE>(
+            x,
+            bucket,
+            params,
+            codes,
+            #[inline(always)]
+            |xb| {
+                let s = sum_abs(xb);
+                if !s.is_finite() {
+                    return Err(QuantError::NonFinite);
+                }
+                Ok(([s / xb.len() as f32], SignE))
+            },
+        );
         if let Err(e) = r {
             out.clear();
             return Err(e);
@@ -535,10 +576,17 @@ impl Codec for SignCodec {
                 Err(QuantError::BadHeader("sign reserved bytes not zero".into()))
             }
         })?;
-        decode_bucketed_map::<1, 1, SignD>(codes, params, 1 << log2, out, |[s]| {
-            check_finite_param(s, "sign scale")?;
-            Ok(SignD(s.to_bits()))
-        })?;
+        decode_bucketed_map::<1, 1, SignD>(
+            codes,
+            params,
+            1 << log2,
+            out,
+            #[inline(always)]
+            |[s]| {
+                check_finite_param(s, "sign scale")?;
+                Ok(SignD(s.to_bits()))
+            },
+        )?;
         Ok(DecodeReport::default())
     }
 }
@@ -593,6 +641,7 @@ impl Codec for TernGradCodec {
             bucket,
             params,
             codes,
+            #[inline(always)]
             |xb| {
                 let s = max_abs(xb);
                 if !s.is_finite() {
@@ -600,6 +649,7 @@ impl Codec for TernGradCodec {
                 }
                 Ok(([s], if s > 0.0 { 1.0 / s } else { 0.0 }))
             },
+            #[inline(always)]
             |&inv, xs, cs| {
                 let mut u = [0f32; BLOCK];
                 rng.fill(&mut u);
@@ -644,10 +694,12 @@ impl Codec for TernGradCodec {
             params,
             1 << log2,
             out,
+            #[inline(always)]
             |[s]| {
                 check_finite_param(s, "terngrad scale")?;
                 Ok(s)
             },
+            #[inline(always)]
             |&s, cs, os| {
                 let mut b = 0;
                 for (o, &c) in os.iter_mut().zip(cs.iter()) {
@@ -726,6 +778,7 @@ fn qsgd_encode<const B: usize>(
         bucket,
         params,
         codes,
+        #[inline(always)]
         |xb| {
             let norm = sum_sq(xb).sqrt();
             if !norm.is_finite() {
@@ -739,6 +792,7 @@ fn qsgd_encode<const B: usize>(
             }
             Ok(([norm], if norm > 0.0 { s / norm } else { 0.0 }))
         },
+        #[inline(always)]
         |&scale, xs, cs| {
             let mut u = [0f32; BLOCK];
             rng.fill(&mut u);
@@ -769,10 +823,12 @@ fn qsgd_decode<const B: usize>(
         params,
         bucket,
         out,
+        #[inline(always)]
         |[norm]| {
             check_finite_param(norm, "qsgd norm")?;
             Ok(norm / s)
         },
+        #[inline(always)]
         |&step, cs, os| {
             let mut b = 0;
             for (o, &c) in os.iter_mut().zip(cs.iter()) {
