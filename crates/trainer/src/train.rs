@@ -13,7 +13,7 @@ use serde::Serialize;
 use swarm_core::{InProcessFabric, NodeStats, SwarmNode};
 
 use crate::config::{Algo, Resolved};
-use crate::data::{load_idx_dir, Dataset, Split};
+use crate::data::{load_dir, Dataset, Split};
 use crate::model::{batch, FlatModel, ModelKind};
 use crate::TrainError;
 
@@ -356,7 +356,7 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
 
 /// The run's dataset, cut to the configured subsets; enough examples for `n` nodes.
 pub(crate) fn load_data(cfg: &Resolved, n: usize) -> Result<Dataset, TrainError> {
-    let mut data = load_idx_dir(&cfg.data)?;
+    let mut data = load_dir(&cfg.data)?;
     if let Some(k) = cfg.raw.train_subset {
         data.train = data.train.truncated(k);
     }

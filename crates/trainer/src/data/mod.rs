@@ -1,4 +1,12 @@
-//! Datasets: IDX files (the MNIST family, gzipped or not) and partitions across nodes.
+//! Datasets and their partitions across nodes. Formats (see [`load_dir`]): IDX files (the MNIST
+//! family, gzipped or not), the CIFAR-10 and CIFAR-100 binary versions, and arrays of inputs and
+//! labels as `.npy` files or `.safetensors` files.
+
+mod arrays;
+mod cifar;
+
+pub use arrays::{load_npy_dir, load_safetensors_dir, read_npy, NpyArray};
+pub use cifar::{load_cifar100_dir, load_cifar10_dir};
 
 use std::fmt;
 use std::io::Read;
@@ -15,17 +23,59 @@ use crate::TrainError;
 /// Where Debian's `dataset-fashion-mnist` package puts Fashion-MNIST.
 pub const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
 
-/// A labelled image set held in memory: `images` row-major `[len, rows * cols]`, normalized.
+/// The shape of one example: `channels x height x width` values (`1 x 1 x D` for plain vectors),
+/// or a sequence of `width` token ids below `vocab`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputShape {
+    /// Channels (3 for colour images).
+    pub channels: usize,
+    /// Rows.
+    pub height: usize,
+    /// Columns (sequence length for tokens).
+    pub width: usize,
+    /// Token ids below this bound when the inputs are token sequences, else `None`.
+    pub vocab: Option<usize>,
+}
+
+impl InputShape {
+    /// A `channels x height x width` image shape.
+    pub fn image(channels: usize, height: usize, width: usize) -> Self {
+        InputShape {
+            channels,
+            height,
+            width,
+            vocab: None,
+        }
+    }
+
+    /// Values per example.
+    pub fn features(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+}
+
+impl fmt::Display for InputShape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.vocab {
+            Some(v) => write!(f, "{} tokens (vocabulary {v})", self.width),
+            None => write!(f, "{}x{}x{}", self.channels, self.height, self.width),
+        }
+    }
+}
+
+/// A labelled set of examples held in memory: `images` row-major `[len, features]`
+/// (channel-major within an example, as PyTorch's NCHW), normalized.
 #[derive(Debug, Clone)]
 pub struct Split {
-    /// Pixels, normalized to zero mean and unit variance (statistics of the training split).
+    /// Inputs: pixels normalized to zero mean and unit variance per channel (statistics of the
+    /// training split); float arrays as given; token ids as exact integers.
     pub images: Vec<f32>,
-    /// Class of each image.
+    /// Class of each example.
     pub labels: Vec<u8>,
-    /// Pixels per image.
+    /// Values per example.
     pub features: usize,
-    /// Image height and width.
-    pub shape: (usize, usize),
+    /// Shape of one example.
+    pub shape: InputShape,
 }
 
 impl Split {
@@ -87,7 +137,8 @@ pub fn load_idx_dir(dir: &Path) -> Result<Dataset, TrainError> {
             dir.display()
         )));
     }
-    let (train_x, shape) = read_images(&find(dir, "train-images-idx3-ubyte")?)?;
+    let (train_x, (rows, cols)) = read_images(&find(dir, "train-images-idx3-ubyte")?)?;
+    let shape = (rows, cols);
     let train_y = read_labels(&find(dir, "train-labels-idx1-ubyte")?)?;
     let (test_x, test_shape) = read_images(&find(dir, "t10k-images-idx3-ubyte")?)?;
     let test_y = read_labels(&find(dir, "t10k-labels-idx1-ubyte")?)?;
@@ -112,27 +163,105 @@ pub fn load_idx_dir(dir: &Path) -> Result<Dataset, TrainError> {
             )));
         }
     }
-    let (mean, std) = pixel_stats(&train_x);
-    let normalize = |raw: Vec<u8>| {
+    from_pixels(
+        dir,
+        InputShape::image(1, rows, cols),
+        (train_x, train_y),
+        (test_x, test_y),
+    )
+}
+
+/// A dataset from 8-bit pixels `[len, channels, height, width]`: scaled to [0, 1] and normalized
+/// per channel with the training split's mean and standard deviation.
+pub(crate) fn from_pixels(
+    source: &Path,
+    shape: InputShape,
+    train: (Vec<u8>, Vec<u8>),
+    test: (Vec<u8>, Vec<u8>),
+) -> Result<Dataset, TrainError> {
+    let features = shape.features();
+    let plane = shape.height * shape.width;
+    let stats: Vec<(f32, f32)> = (0..shape.channels)
+        .map(|c| {
+            pixel_stats(
+                train
+                    .0
+                    .chunks_exact(features)
+                    .flat_map(|ex| &ex[c * plane..(c + 1) * plane]),
+            )
+        })
+        .collect();
+    let normalize = |raw: Vec<u8>| -> Vec<f32> {
         raw.into_iter()
-            .map(|p| (f32::from(p) / 255.0 - mean) / std)
+            .enumerate()
+            .map(|(i, p)| {
+                let (mean, std) = stats[(i % features) / plane];
+                (f32::from(p) / 255.0 - mean) / std
+            })
             .collect()
     };
     Ok(Dataset {
         train: Split {
-            images: normalize(train_x),
-            labels: train_y,
+            images: normalize(train.0),
+            labels: train.1,
             features,
             shape,
         },
         test: Split {
-            images: normalize(test_x),
-            labels: test_y,
+            images: normalize(test.0),
+            labels: test.1,
             features,
             shape,
         },
-        source: dir.to_path_buf(),
+        source: source.to_path_buf(),
     })
+}
+
+/// Reads the dataset in `dir`, whichever supported format its files are in:
+/// - IDX: `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte`,
+///   `t10k-labels-idx1-ubyte`, each optionally `.gz` (MNIST, Fashion-MNIST, KMNIST, ...);
+/// - CIFAR-10 binary: `data_batch_1.bin` .. `data_batch_5.bin`, `test_batch.bin`;
+/// - CIFAR-100 binary: `train.bin`, `test.bin` (fine labels);
+/// - `.npy`: `train_x.npy`, `train_y.npy`, `test_x.npy`, `test_y.npy`;
+/// - `.safetensors`: `train.safetensors`, `test.safetensors`, each with tensors `x` and `y`.
+///
+/// A directory that holds a single subdirectory (as the CIFAR archives unpack) is looked into.
+pub fn load_dir(dir: &Path) -> Result<Dataset, TrainError> {
+    if !dir.is_dir() {
+        return load_idx_dir(dir);
+    }
+    let has = |name: &str| dir.join(name).is_file();
+    if has("data_batch_1.bin") || has("test_batch.bin") {
+        load_cifar10_dir(dir)
+    } else if has("train.bin") || has("test.bin") {
+        load_cifar100_dir(dir)
+    } else if has("train_x.npy") || has("train_y.npy") {
+        load_npy_dir(dir)
+    } else if has("train.safetensors") || has("test.safetensors") {
+        load_safetensors_dir(dir)
+    } else if has("train-images-idx3-ubyte") || has("train-images-idx3-ubyte.gz") {
+        load_idx_dir(dir)
+    } else {
+        let subdirs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|it| {
+                it.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default();
+        match subdirs.as_slice() {
+            [only] => load_dir(only),
+            _ => Err(TrainError::Data(format!(
+                "{} holds no dataset this trainer reads: expected IDX files \
+                 (train-images-idx3-ubyte[.gz], ...), CIFAR-10 binary (data_batch_1.bin .. \
+                 data_batch_5.bin, test_batch.bin), CIFAR-100 binary (train.bin, test.bin), \
+                 .npy arrays (train_x.npy, train_y.npy, test_x.npy, test_y.npy) or \
+                 train.safetensors and test.safetensors with tensors x and y",
+                dir.display()
+            ))),
+        }
+    }
 }
 
 fn find(dir: &Path, stem: &str) -> Result<PathBuf, TrainError> {
@@ -149,7 +278,7 @@ fn find(dir: &Path, stem: &str) -> Result<PathBuf, TrainError> {
     )))
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>, TrainError> {
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, TrainError> {
     let raw = std::fs::read(path)
         .map_err(|e| TrainError::Data(format!("cannot read {}: {e}", path.display())))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
@@ -209,12 +338,16 @@ fn read_labels(path: &Path) -> Result<Vec<u8>, TrainError> {
     Ok(bytes[8..].to_vec())
 }
 
-fn pixel_stats(raw: &[u8]) -> (f32, f32) {
-    let n = raw.len().max(1) as f64;
-    let mean = raw.iter().map(|&p| f64::from(p) / 255.0).sum::<f64>() / n;
-    let var = raw
-        .iter()
-        .map(|&p| (f64::from(p) / 255.0 - mean).powi(2))
+fn pixel_stats<'a>(raw: impl Iterator<Item = &'a u8>) -> (f32, f32) {
+    let mut counts = [0u64; 256];
+    for &p in raw {
+        counts[usize::from(p)] += 1;
+    }
+    let n = counts.iter().sum::<u64>().max(1) as f64;
+    let value = |p: usize| p as f64 / 255.0;
+    let mean = (0..256).map(|p| counts[p] as f64 * value(p)).sum::<f64>() / n;
+    let var = (0..256)
+        .map(|p| counts[p] as f64 * (value(p) - mean).powi(2))
         .sum::<f64>()
         / n;
     (mean as f32, var.sqrt().max(1e-6) as f32)

@@ -8,11 +8,15 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tch::{Kind, Tensor};
 
-use crate::data::Split;
+use crate::data::{InputShape, Split};
 use crate::flat::with_f32_slice_mut;
 use crate::TrainError;
 
-/// The built-in architectures.
+mod resnet;
+mod torchscript;
+mod transformer;
+
+/// The architectures: built-in ones, and TorchScript modules saved from PyTorch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelKind {
     /// Input -> Linear(hidden) -> ReLU -> Linear(classes).
@@ -22,6 +26,23 @@ pub enum ModelKind {
     },
     /// Conv5x5(16) -> ReLU -> MaxPool2 -> Conv5x5(32) -> ReLU -> MaxPool2 -> Linear(classes).
     Cnn,
+    /// ResNet-20 for 32x32 images (He et al. 2016, section 4.2): 3 stages of 3 basic blocks
+    /// (16, 32, 64 channels), parameter-free shortcuts, with GroupNorm instead of BatchNorm.
+    ResNet20,
+    /// A pre-norm Transformer encoder classifier over token sequences (or image rows).
+    Transformer {
+        /// Model width.
+        width: usize,
+        /// Encoder blocks.
+        layers: usize,
+        /// Attention heads (divide `width`).
+        heads: usize,
+    },
+    /// A `torch.jit.script` module saved with `torch.jit.save`: `forward(x) -> logits`.
+    TorchScript {
+        /// Path of the `.pt` file (interned for the run).
+        path: &'static str,
+    },
 }
 
 impl fmt::Display for ModelKind {
@@ -29,29 +50,91 @@ impl fmt::Display for ModelKind {
         match self {
             ModelKind::Mlp { hidden } => write!(f, "mlp:{hidden}"),
             ModelKind::Cnn => f.write_str("cnn"),
+            ModelKind::ResNet20 => f.write_str("resnet20"),
+            ModelKind::Transformer {
+                width,
+                layers,
+                heads,
+            } => write!(f, "transformer:{width}:{layers}:{heads}"),
+            ModelKind::TorchScript { path } => write!(f, "torchscript:{path}"),
         }
     }
 }
+
+const MODEL_KINDS: &str = "mlp, mlp:HIDDEN, cnn, resnet20, transformer, \
+    transformer:WIDTH:LAYERS:HEADS, torchscript:PATH";
 
 impl FromStr for ModelKind {
     type Err = TrainError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad =
+            |why: &str| TrainError::Config(format!("model '{s}' {why} (models: {MODEL_KINDS})"));
         match s {
-            "mlp" => Ok(ModelKind::Mlp { hidden: 256 }),
-            "cnn" => Ok(ModelKind::Cnn),
-            _ => match s.strip_prefix("mlp:").map(str::parse::<usize>) {
-                Some(Ok(hidden)) if hidden > 0 => Ok(ModelKind::Mlp { hidden }),
-                _ => Err(TrainError::Config(format!(
-                    "model '{s}' is not one of mlp, mlp:HIDDEN (HIDDEN >= 1), cnn"
-                ))),
-            },
+            "mlp" => return Ok(ModelKind::Mlp { hidden: 256 }),
+            "cnn" => return Ok(ModelKind::Cnn),
+            "resnet20" => return Ok(ModelKind::ResNet20),
+            "transformer" => {
+                return Ok(ModelKind::Transformer {
+                    width: 64,
+                    layers: 2,
+                    heads: 4,
+                })
+            }
+            _ => {}
         }
+        if let Some(h) = s.strip_prefix("mlp:") {
+            return match h.parse::<usize>() {
+                Ok(hidden) if hidden > 0 => Ok(ModelKind::Mlp { hidden }),
+                _ => Err(bad("needs HIDDEN >= 1")),
+            };
+        }
+        if let Some(rest) = s.strip_prefix("transformer:") {
+            let v: Vec<usize> = rest
+                .split(':')
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .map_err(|_| bad("is not transformer:WIDTH:LAYERS:HEADS"))?;
+            return match v[..] {
+                [width, layers, heads]
+                    if width > 0 && layers > 0 && heads > 0 && width % heads == 0 =>
+                {
+                    Ok(ModelKind::Transformer {
+                        width,
+                        layers,
+                        heads,
+                    })
+                }
+                _ => Err(bad(
+                    "needs WIDTH, LAYERS, HEADS >= 1 with HEADS dividing WIDTH",
+                )),
+            };
+        }
+        if let Some(path) = s.strip_prefix("torchscript:") {
+            if path.is_empty() {
+                return Err(bad("needs the path of a TorchScript file"));
+            }
+            // One small string per parsed configuration, alive for the run: keeps the kind `Copy`.
+            let path: &'static str = Box::leak(path.to_string().into_boxed_str());
+            return Ok(ModelKind::TorchScript { path });
+        }
+        Err(bad("is unknown"))
     }
 }
 
+/// How a parameter starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Init {
+    /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's default for Linear and Conv.
+    Uniform(usize),
+    /// N(0, std^2).
+    Normal(f32),
+    /// Every value the same (norm weights 1, norm biases 0).
+    Const(f32),
+}
+
 /// Name, shape and place of one parameter inside the flat buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ParamSpec {
     /// PyTorch-style name, e.g. `fc1.weight`.
     pub name: String,
@@ -61,9 +144,12 @@ pub struct ParamSpec {
     pub offset: usize,
     /// Number of elements.
     pub numel: usize,
-    /// Fan-in used for initialisation.
-    fan_in: usize,
+    /// How it is initialised.
+    init: Init,
 }
+
+/// A parameter before it has a place: name, shape, initialisation.
+type RawParam = (String, Vec<usize>, Init);
 
 /// A model: its layout, one flat parameter tensor, and one leaf tensor per parameter that shares
 /// the flat tensor's storage (so gradients stay per parameter, with no backward pass through views).
@@ -73,7 +159,9 @@ pub struct FlatModel {
     flat: Tensor,
     leaves: Vec<Tensor>,
     dim: usize,
-    image_shape: (usize, usize),
+    input: InputShape,
+    /// The TorchScript module whose parameters are the leaves (TorchScript models only).
+    module: Option<std::cell::RefCell<tch::CModule>>,
     sgd: SgdConfig,
     /// Momentum buffer laid out like the parameters (empty while momentum is 0).
     momentum: Vec<f32>,
@@ -93,94 +181,179 @@ pub struct SgdConfig {
 
 fn layout(
     kind: ModelKind,
-    image: (usize, usize),
+    input: InputShape,
     classes: usize,
 ) -> Result<Vec<ParamSpec>, TrainError> {
-    let features = image.0 * image.1;
-    let mut raw: Vec<(&str, Vec<usize>, usize)> = match kind {
-        ModelKind::Mlp { hidden } => vec![
-            ("fc1.weight", vec![hidden, features], features),
-            ("fc1.bias", vec![hidden], features),
-            ("fc2.weight", vec![classes, hidden], hidden),
-            ("fc2.bias", vec![classes], hidden),
-        ],
-        ModelKind::Cnn => {
-            if image.0 < 12 || image.1 < 12 {
-                return Err(TrainError::Config(format!(
-                    "the cnn needs images of at least 12x12, the data has {}x{}",
-                    image.0, image.1
-                )));
+    let features = input.features();
+    let tokens_need_transformer = || {
+        TrainError::Config(format!(
+            "model {kind} reads pixels or vectors, but the data are token sequences ({input}): \
+             use --model transformer"
+        ))
+    };
+    let u = |name: &str, shape: Vec<usize>, fan_in: usize| -> RawParam {
+        (name.to_string(), shape, Init::Uniform(fan_in))
+    };
+    let mut raw: Vec<RawParam> = match kind {
+        ModelKind::Mlp { hidden } => {
+            if input.vocab.is_some() {
+                return Err(tokens_need_transformer());
             }
-            let pooled = ((image.0 - 4) / 2 - 4) / 2 * (((image.1 - 4) / 2 - 4) / 2);
             vec![
-                ("conv1.weight", vec![16, 1, 5, 5], 25),
-                ("conv1.bias", vec![16], 25),
-                ("conv2.weight", vec![32, 16, 5, 5], 400),
-                ("conv2.bias", vec![32], 400),
-                ("fc.weight", vec![classes, 32 * pooled], 32 * pooled),
-                ("fc.bias", vec![classes], 32 * pooled),
+                u("fc1.weight", vec![hidden, features], features),
+                u("fc1.bias", vec![hidden], features),
+                u("fc2.weight", vec![classes, hidden], hidden),
+                u("fc2.bias", vec![classes], hidden),
             ]
         }
+        ModelKind::Cnn => {
+            if input.vocab.is_some() {
+                return Err(tokens_need_transformer());
+            }
+            let (h, w, c) = (input.height, input.width, input.channels);
+            if h < 12 || w < 12 {
+                return Err(TrainError::Config(format!(
+                    "the cnn needs images of at least 12x12, the data has {h}x{w}"
+                )));
+            }
+            let pooled = ((h - 4) / 2 - 4) / 2 * (((w - 4) / 2 - 4) / 2);
+            vec![
+                u("conv1.weight", vec![16, c, 5, 5], 25 * c),
+                u("conv1.bias", vec![16], 25 * c),
+                u("conv2.weight", vec![32, 16, 5, 5], 400),
+                u("conv2.bias", vec![32], 400),
+                u("fc.weight", vec![classes, 32 * pooled], 32 * pooled),
+                u("fc.bias", vec![classes], 32 * pooled),
+            ]
+        }
+        ModelKind::ResNet20 => {
+            if input.vocab.is_some() {
+                return Err(tokens_need_transformer());
+            }
+            resnet::layout(input, classes)?
+        }
+        ModelKind::Transformer {
+            width,
+            layers,
+            heads: _,
+        } => transformer::layout(input, classes, width, layers),
+        ModelKind::TorchScript { .. } => {
+            return Err(TrainError::Config(
+                "a TorchScript model's layout comes from its file".into(),
+            ))
+        }
     };
-    raw.sort_by(|a, b| a.0.cmp(b.0));
+    raw.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(place(raw))
+}
+
+/// Gives each parameter its offset, in the given order.
+fn place(raw: Vec<RawParam>) -> Vec<ParamSpec> {
     let mut offset = 0;
-    Ok(raw
-        .into_iter()
-        .map(|(name, shape, fan_in)| {
+    raw.into_iter()
+        .map(|(name, shape, init)| {
             let numel: usize = shape.iter().product();
             let spec = ParamSpec {
-                name: name.to_string(),
+                name,
                 shape: shape.iter().map(|&s| s as i64).collect(),
                 offset,
                 numel,
-                fan_in,
+                init,
             };
             offset += numel;
             spec
         })
-        .collect())
+        .collect()
 }
 
 impl FlatModel {
-    /// A model for images of `image` pixels and `classes` classes, initialised from `seed` like
-    /// PyTorch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases.
+    /// A model for inputs of `input` shape and `classes` classes. Built-in models are initialised
+    /// from `seed` like PyTorch's defaults (U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for linear and
+    /// convolution layers; see each model for the rest); a TorchScript model starts from the
+    /// values saved in its file.
     pub fn new(
         kind: ModelKind,
-        image: (usize, usize),
+        input: InputShape,
         classes: usize,
         seed: u64,
     ) -> Result<Self, TrainError> {
-        let specs = layout(kind, image, classes)?;
+        if let ModelKind::TorchScript { path } = kind {
+            return torchscript::load(path, input, classes).map(|loaded| {
+                Self::assemble(kind, loaded.specs, &loaded.init, input, |flat, spec, k| {
+                    let view = flat
+                        .narrow(0, spec.offset as i64, spec.numel as i64)
+                        .view(spec.shape.as_slice());
+                    // The module's own parameter now lives in the flat buffer.
+                    let mut p = loaded.params[k].shallow_clone();
+                    tch::no_grad(|| p.set_data(&view));
+                    p
+                })
+                .with_module(loaded.module)
+            });
+        }
+        let specs = layout(kind, input, classes)?;
         let dim = specs.iter().map(|s| s.numel).sum();
         let mut rng = StdRng::seed_from_u64(seed);
         let mut init = vec![0.0f32; dim];
         for spec in &specs {
-            let bound = 1.0 / (spec.fan_in as f32).sqrt();
-            for v in &mut init[spec.offset..spec.offset + spec.numel] {
-                *v = rng.random_range(-bound..bound);
+            let values = &mut init[spec.offset..spec.offset + spec.numel];
+            match spec.init {
+                Init::Uniform(fan_in) => {
+                    let bound = 1.0 / (fan_in as f32).sqrt();
+                    for v in values {
+                        *v = rng.random_range(-bound..bound);
+                    }
+                }
+                Init::Normal(std) => {
+                    let normal = rand_distr::Normal::new(0.0f32, std).map_err(|e| {
+                        TrainError::Config(format!("initialising {}: {e}", spec.name))
+                    })?;
+                    for v in values {
+                        *v = rand_distr::Distribution::sample(&normal, &mut rng);
+                    }
+                }
+                Init::Const(c) => values.fill(c),
             }
         }
-        let flat = Tensor::from_slice(&init);
+        Ok(Self::assemble(kind, specs, &init, input, |flat, s, _| {
+            flat.narrow(0, s.offset as i64, s.numel as i64)
+                .view(s.shape.as_slice())
+                .detach()
+                .set_requires_grad(true)
+        }))
+    }
+
+    /// The flat tensor holding `init`, and one leaf per parameter made by `leaf` from it.
+    fn assemble(
+        kind: ModelKind,
+        specs: Vec<ParamSpec>,
+        init: &[f32],
+        input: InputShape,
+        leaf: impl Fn(&Tensor, &ParamSpec, usize) -> Tensor,
+    ) -> Self {
+        let flat = Tensor::from_slice(init);
         let leaves = specs
             .iter()
-            .map(|s| {
-                flat.narrow(0, s.offset as i64, s.numel as i64)
-                    .view(s.shape.as_slice())
-                    .detach()
-                    .set_requires_grad(true)
-            })
+            .enumerate()
+            .map(|(k, s)| leaf(&flat, s, k))
             .collect();
-        Ok(FlatModel {
+        FlatModel {
             kind,
             specs,
             flat,
             leaves,
-            dim,
-            image_shape: image,
+            dim: init.len(),
+            input,
+            module: None,
             sgd: SgdConfig::default(),
             momentum: Vec::new(),
         }
-        .with_zero_grads())
+        .with_zero_grads()
+    }
+
+    fn with_module(mut self, module: tch::CModule) -> Self {
+        self.module = Some(std::cell::RefCell::new(module));
+        self
     }
 
     /// Gives every parameter a zero gradient. libtorch stores a parameter's first gradient as
@@ -227,18 +400,19 @@ impl FlatModel {
 
     /// Logits for a batch `[b, features]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        let p = |name: &str| self.by_name(name);
         match self.kind {
             ModelKind::Mlp { .. } => x
-                .linear(self.by_name("fc1.weight"), Some(self.by_name("fc1.bias")))
+                .linear(p("fc1.weight"), Some(p("fc1.bias")))
                 .relu()
-                .linear(self.by_name("fc2.weight"), Some(self.by_name("fc2.bias"))),
+                .linear(p("fc2.weight"), Some(p("fc2.bias"))),
             ModelKind::Cnn => {
-                let (h, w) = self.image_shape;
+                let i = self.input;
                 let b = x.size()[0];
-                x.view([b, 1, h as i64, w as i64])
+                x.view([b, i.channels as i64, i.height as i64, i.width as i64])
                     .conv2d(
-                        self.by_name("conv1.weight"),
-                        Some(self.by_name("conv1.bias")),
+                        p("conv1.weight"),
+                        Some(p("conv1.bias")),
                         [1, 1],
                         [0, 0],
                         [1, 1],
@@ -247,8 +421,8 @@ impl FlatModel {
                     .relu()
                     .max_pool2d_default(2)
                     .conv2d(
-                        self.by_name("conv2.weight"),
-                        Some(self.by_name("conv2.bias")),
+                        p("conv2.weight"),
+                        Some(p("conv2.bias")),
                         [1, 1],
                         [0, 0],
                         [1, 1],
@@ -257,8 +431,18 @@ impl FlatModel {
                     .relu()
                     .max_pool2d_default(2)
                     .flatten(1, -1)
-                    .linear(self.by_name("fc.weight"), Some(self.by_name("fc.bias")))
+                    .linear(p("fc.weight"), Some(p("fc.bias")))
             }
+            ModelKind::ResNet20 => resnet::forward(&p, x, self.input),
+            ModelKind::Transformer {
+                width,
+                layers,
+                heads,
+            } => transformer::forward(&p, x, self.input, width, layers, heads),
+            ModelKind::TorchScript { .. } => match &self.module {
+                Some(m) => torchscript::forward(&m.borrow(), x, self.input),
+                None => Tensor::full([1], f64::NAN, (Kind::Float, tch::Device::Cpu)),
+            },
         }
     }
 
@@ -428,8 +612,20 @@ impl FlatModel {
         Ok(())
     }
 
-    /// Mean loss and accuracy on a split, in batches of 1000 examples.
+    /// Mean loss and accuracy on a split, in batches of 1000 examples (a TorchScript module in
+    /// evaluation mode).
     pub fn evaluate(&self, split: &Split) -> (f64, f64) {
+        if let Some(m) = &self.module {
+            m.borrow_mut().set_eval();
+        }
+        let result = self.evaluate_batches(split);
+        if let Some(m) = &self.module {
+            m.borrow_mut().set_train();
+        }
+        result
+    }
+
+    fn evaluate_batches(&self, split: &Split) -> (f64, f64) {
         tch::no_grad(|| {
             let mut loss = 0.0;
             let mut correct = 0i64;
