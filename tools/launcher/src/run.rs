@@ -196,20 +196,66 @@ fn split_srun_label(line: &[u8]) -> Option<(u32, &[u8])> {
     Some((rank, text.strip_prefix(b" ").unwrap_or(text)))
 }
 
-/// Parses Open MPI `--tag-output`: `[J,K]<stdout>:text`; returns rank, stderr?, text.
-fn split_mpi_tag(line: &[u8]) -> Option<(u32, bool, &[u8])> {
-    let rest = line.strip_prefix(b"[")?;
-    let close = rest.iter().position(|&b| b == b']')?;
+/// Parses an Open MPI `--tag-output` tag at the start of `bytes`: `[J,K]<stdout>:`,
+/// `[J,K]<stderr>:` or `[J,K]:`; returns rank K, whether it is stderr, and the tag's length.
+fn parse_mpi_tag(bytes: &[u8]) -> Option<(u32, bool, usize)> {
+    let rest = bytes.strip_prefix(b"[")?;
+    let close = rest.iter().take(48).position(|&b| b == b']')?;
     let inside = std::str::from_utf8(&rest[..close]).ok()?;
-    let rank = inside.split(',').nth(1)?.trim().parse().ok()?;
-    let rest = &rest[close + 1..];
-    if let Some(t) = rest.strip_prefix(b"<stdout>:") {
-        Some((rank, false, t))
-    } else if let Some(t) = rest.strip_prefix(b"<stderr>:") {
-        Some((rank, true, t))
-    } else {
-        rest.strip_prefix(b":").map(|t| (rank, false, t))
+    let (job, rank) = inside.split_once(',')?;
+    if job.is_empty() || !job.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
+    let rank = rank.parse().ok()?;
+    let after = &rest[close + 1..];
+    let used = 1 + close + 1;
+    for (tag, err) in [
+        (&b"<stdout>:"[..], false),
+        (&b"<stderr>:"[..], true),
+        (&b":"[..], false),
+    ] {
+        if after.starts_with(tag) {
+            return Some((rank, err, used + tag.len()));
+        }
+    }
+    None
+}
+
+/// A piece of an mpirun output line: (rank, is stderr) from its tag, and its text.
+type MpiPiece = (Option<(u32, bool)>, Vec<u8>);
+
+/// Splits one line of `mpirun --tag-output` into per-rank pieces. Open MPI tags every chunk a
+/// rank writes, not every line, so a line written in pieces arrives as
+/// `[1,2]<stderr>:text[1,2]<stderr>:` and pieces of different ranks can share a line: the tags
+/// inside the line are removed and consecutive pieces of the same rank joined. Text before any
+/// tag is mpirun's own (`None`).
+fn split_mpi_line(line: &[u8]) -> Vec<MpiPiece> {
+    let mut pieces: Vec<MpiPiece> = vec![(None, Vec::new())];
+    let mut i = 0;
+    while i < line.len() {
+        if line[i] == b'[' {
+            if let Some((rank, err, len)) = parse_mpi_tag(&line[i..]) {
+                let key = Some((rank, err));
+                let last = pieces.len() - 1;
+                if pieces[last].0 != key {
+                    if pieces[last].1.is_empty() {
+                        pieces[last].0 = key;
+                    } else {
+                        pieces.push((key, Vec::new()));
+                    }
+                }
+                i += len;
+                continue;
+            }
+        }
+        let last = pieces.len() - 1;
+        pieces[last].1.push(line[i]);
+        i += 1;
+    }
+    if pieces.len() > 1 {
+        pieces.retain(|(_, text)| !text.is_empty());
+    }
+    pieces
 }
 
 struct Supervisor {
@@ -238,17 +284,24 @@ impl Supervisor {
     }
 
     fn on_line(&mut self, proc: usize, err: bool, line: &[u8]) {
-        let (rank, err, text) = match self.procs[proc].demux {
-            Demux::Rank(r) => (Some(r), err, line),
+        match self.procs[proc].demux {
+            Demux::Rank(r) => self.on_rank_line(proc, Some(r), err, line),
             Demux::SrunLabel => match split_srun_label(line) {
-                Some((r, t)) => (Some(r), err, t),
-                None => (None, err, line),
+                Some((r, t)) => self.on_rank_line(proc, Some(r), err, t),
+                None => self.on_rank_line(proc, None, err, line),
             },
-            Demux::MpiTag => match split_mpi_tag(line) {
-                Some((r, e, t)) => (Some(r), err || e, t),
-                None => (None, err, line),
-            },
-        };
+            Demux::MpiTag => {
+                for (tag, text) in split_mpi_line(line) {
+                    match tag {
+                        Some((r, e)) => self.on_rank_line(proc, Some(r), err || e, &text),
+                        None => self.on_rank_line(proc, None, err, &text),
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_rank_line(&mut self, proc: usize, rank: Option<u32>, err: bool, text: &[u8]) {
         let Some(rank) = rank.filter(|&r| r < self.opts.world_size) else {
             let prefix = format!("[{}] ", self.procs[proc].name);
             self.print(err, &prefix, text);
@@ -553,14 +606,34 @@ mod tests {
 
     #[test]
     fn mpi_tags() {
+        let key = |r, e| Some((r, e));
         assert_eq!(
-            split_mpi_tag(b"[1,3]<stdout>:hi"),
-            Some((3, false, &b"hi"[..]))
+            split_mpi_line(b"[1,3]<stdout>:hi"),
+            vec![(key(3, false), b"hi".to_vec())]
         );
         assert_eq!(
-            split_mpi_tag(b"[1,0]<stderr>: e"),
-            Some((0, true, &b" e"[..]))
+            split_mpi_line(b"[1,0]<stderr>: e"),
+            vec![(key(0, true), b" e".to_vec())]
         );
-        assert_eq!(split_mpi_tag(b"[host:123] oops"), None);
+        // A line written in two pieces, and pieces of two ranks on one line.
+        assert_eq!(
+            split_mpi_line(b"[1,2]<stderr>:0.39 s/epoch[1,2]<stderr>:"),
+            vec![(key(2, true), b"0.39 s/epoch".to_vec())]
+        );
+        assert_eq!(
+            split_mpi_line(b"[1,0]<stdout>:abc[1,1]<stdout>:line"),
+            vec![
+                (key(0, false), b"abc".to_vec()),
+                (key(1, false), b"line".to_vec())
+            ]
+        );
+        assert_eq!(
+            split_mpi_line(b"[1,0]<stdout>:"),
+            vec![(key(0, false), vec![])]
+        );
+        assert_eq!(
+            split_mpi_line(b"[host:123] oops [x]"),
+            vec![(None, b"[host:123] oops [x]".to_vec())]
+        );
     }
 }

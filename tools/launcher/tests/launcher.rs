@@ -254,11 +254,12 @@ fn signal_job(rank_script: &str, grace: &str, sig: &str) -> (Option<i32>, f64, V
 fn sigterm_stops_every_rank_cleanly() {
     let (code, secs, pids, stderr) = signal_job(
         "#!/bin/sh\ntrap 'echo stopping; exit 0' TERM\necho \"pid $$\"\nsleep 100 &\nwait\n",
-        "5",
+        "20",
         "TERM",
     );
     assert_eq!(code, Some(143), "{stderr}");
-    assert!(secs < 5.0, "took {secs} s: {stderr}");
+    // Well inside the 20 s grace period: the ranks stopped on SIGTERM, nothing was killed.
+    assert!(secs < 15.0, "took {secs} s: {stderr}");
     assert!(pids.iter().all(|&p| !pid_alive(p)), "{stderr}");
     assert!(!stderr.contains("grace period over"), "{stderr}");
 }
