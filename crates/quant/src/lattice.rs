@@ -38,7 +38,7 @@
 //!
 //! A correct decode is never reported as failed.
 
-use crate::bits::{decode_map, dispatch_width, encode_map, packed_len, staged, BLOCK};
+use crate::bits::{decode_map, dispatch_width, encode_map, packed_len, BLOCK};
 use crate::rng::{mix64, nonce, unit_f32};
 use crate::stats::{max_abs, MAGIC, MAGIC_BITS};
 use crate::wire::{
@@ -383,46 +383,37 @@ fn decode_buckets<const B: usize>(
         return out.len().div_ceil(a.bucket);
     };
     let mut failed = 0;
-    let _ = staged::<()>(
-        out,
-        a.bucket,
-        #[inline(always)]
-        |b0, piece| {
-            let codes_in = codes_in.get(b0 * bucket_bytes..).unwrap_or(&[]);
-            let reference = reference.get(b0 * a.bucket..).unwrap_or(&[]);
-            for (i, ((ob, cb), rb)) in piece
-                .chunks_mut(a.bucket)
-                .zip(codes_in.chunks(bucket_bytes))
-                .zip(reference.chunks(a.bucket))
-                .enumerate()
-            {
-                let b = b0 + i;
-                let mut k = DecodeKernel::<B> {
-                    dither: a.dither,
-                    weights: a.weights,
-                    dt,
-                    wt,
-                    inv_eps: 1.0 / a.eps,
-                    eps: a.eps,
-                    off: bucket_offset(a.nonce, b),
-                    sum: 0,
-                };
-                decode_map::<B, _>(cb, rb, ob, &mut k);
-                let n = ob.len().next_multiple_of(BLOCK) as u32;
-                let check = k.sum.wrapping_sub(n.wrapping_mul(MAGIC_BITS));
-                let want = u32::from_le_bytes([
-                    a.checks[4 * b],
-                    a.checks[4 * b + 1],
-                    a.checks[4 * b + 2],
-                    a.checks[4 * b + 3],
-                ]);
-                if check != want {
-                    failed += 1;
-                }
-            }
-            Ok(())
-        },
-    );
+    // Not staged (see `bits::staged`): with the reference also streaming in, decoding into
+    // a cache-resident stage and copying it out measured slower (0.44x vs 0.55x memcpy at 16M).
+    for (b, ((ob, cb), rb)) in out
+        .chunks_mut(a.bucket)
+        .zip(codes_in.chunks(bucket_bytes))
+        .zip(reference.chunks(a.bucket))
+        .enumerate()
+    {
+        let mut k = DecodeKernel::<B> {
+            dither: a.dither,
+            weights: a.weights,
+            dt,
+            wt,
+            inv_eps: 1.0 / a.eps,
+            eps: a.eps,
+            off: bucket_offset(a.nonce, b),
+            sum: 0,
+        };
+        decode_map::<B, _>(cb, rb, ob, &mut k);
+        let n = ob.len().next_multiple_of(BLOCK) as u32;
+        let check = k.sum.wrapping_sub(n.wrapping_mul(MAGIC_BITS));
+        let want = u32::from_le_bytes([
+            a.checks[4 * b],
+            a.checks[4 * b + 1],
+            a.checks[4 * b + 2],
+            a.checks[4 * b + 3],
+        ]);
+        if check != want {
+            failed += 1;
+        }
+    }
     failed
 }
 
