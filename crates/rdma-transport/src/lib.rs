@@ -1,5 +1,153 @@
-//! One-sided RDMA transport for SwarmSGD: not implemented yet.
+//! SwarmSGD's one-sided transport: [`swarm_core::Transport`] over RDMA verbs (InfiniBand, RoCE,
+//! soft-RoCE), on `sideway`.
 //!
-//! This crate will implement `swarm_core::Transport` over InfiniBand/RoCE verbs (RDMA READ of a
-//! neighbour's published model, RDMA WRITE into its inbox slot). It is empty on purpose until
-//! then: nothing here pretends to work. Use the in-process transport of `swarm-core` meanwhile.
+//! A node's window lives in two registered memory regions:
+//! - the **published region** (peers may only READ it): a seqlock word (0 = never published, odd
+//!   = a publish is under way, even = stable, version = word / 2), the payload length, one
+//!   *consumed* counter per inbox slot, then the payload;
+//! - the **inbox region** (peers may only WRITE it): one slot per neighbour, each a deposit word
+//!   (`count << 32 | length`) followed by the payload.
+//!
+//! A read of a neighbour is three RDMA READs on that neighbour's queue pair, fenced so that they
+//! execute in order: the seqlock word and length, the payload (in chunks, several in flight), the
+//! seqlock word again. Equal even words mean the copy is consistent; otherwise the read is retried
+//! and finally reported as [`ReadOutcome::Torn`](swarm_core::ReadOutcome). A deposit first
+//! READs the owner's consumed counter for this writer's slot (skipped when the slot is already
+//! known to be free), WRITEs the payload, and once that completed WRITEs the deposit word: the
+//! owner never sees a deposit word before its payload. The owner folds deposits and publishes the
+//! consumed counters with [`take_inbox`](swarm_core::Transport::take_inbox) /
+//! [`release_inbox`](swarm_core::Transport::release_inbox). Exactly one writer per slot means
+//! no remote atomics are needed; [`verbs::Op`] still offers compare-and-swap and fetch-and-add.
+//!
+//! Every operation is started and then advanced by [`poll`](swarm_core::Transport::poll), which
+//! drains the completion queue without blocking, so compute overlaps communication. Errors are
+//! values: a failed completion (wrong rkey, peer gone, QP in error) or an operation that does not
+//! complete within [`RdmaConfig::op_timeout`] marks that peer unreachable (logged with `tracing`
+//! at `warn`), and every later operation on it completes with
+//! [`TransportError::Unreachable`](swarm_core::TransportError); other peers are unaffected.
+//!
+//! Setting up a node is three steps, so the trainer can exchange endpoint records through any
+//! key-value store:
+//!
+//! ```no_run
+//! use rdma_transport::{RdmaConfig, RdmaEndpoint};
+//! # fn publish_to_store(_: &[u8]) {}
+//! # fn fetch_from_store(_: usize) -> Vec<u8> { Vec::new() }
+//! let cfg = RdmaConfig::from_env()?; // SWARM_RDMA_DEVICE, SWARM_RDMA_IP, SWARM_RDMA_GID_INDEX
+//! let neighbours = vec![1, 3];
+//! let mut ep = RdmaEndpoint::new(0, &neighbours, 4 << 20, &cfg)?;
+//! publish_to_store(&ep.record());
+//! let records: Vec<Vec<u8>> = neighbours.iter().map(|&j| fetch_from_store(j)).collect();
+//! ep.connect(&records)?;
+//! # Ok::<(), rdma_transport::RdmaError>(())
+//! ```
+//!
+//! All `unsafe` code is in [`verbs`], the lowest module.
+
+pub mod bench;
+mod endpoint;
+mod record;
+pub mod verbs;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+pub use endpoint::{RdmaEndpoint, RdmaStats};
+pub use record::{EndpointRecord, RECORD_MAGIC, RECORD_VERSION};
+pub use verbs::DeviceSelector;
+
+/// Errors of the RDMA transport.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RdmaError {
+    /// No usable RDMA device (no verbs stack, no device of that name, no GID for that address).
+    #[error("no RDMA device: {0}")]
+    NoDevice(String),
+    /// A verbs call failed; the message names the call and its cause chain.
+    #[error("verbs: {0}")]
+    Verbs(String),
+    /// A range outside a registered region or a peer's advertised buffer.
+    #[error("out of range: {0}")]
+    Range(String),
+    /// An endpoint record that is not a valid record of this protocol version.
+    #[error("invalid endpoint record: {0}")]
+    Record(String),
+    /// An impossible configuration or argument.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// How an endpoint uses the device.
+#[derive(Debug, Clone)]
+pub struct RdmaConfig {
+    /// Which device, port and GID.
+    pub device: DeviceSelector,
+    /// Payload bytes per RDMA READ/WRITE work request (larger payloads are split; at most
+    /// [`RdmaConfig::max_chunks`] requests per payload).
+    pub chunk: usize,
+    /// Most work requests per payload.
+    pub max_chunks: usize,
+    /// How many times a read retries a copy that changed under it before reporting it torn.
+    pub read_attempts: usize,
+    /// An operation with no completion within this time marks its peer unreachable.
+    pub op_timeout: Duration,
+    /// Verbs ACK timeout exponent (4.096 us * 2^x per try).
+    pub ack_timeout: u8,
+    /// Transport retries before a request fails (at most 7).
+    pub retries: u8,
+}
+
+impl Default for RdmaConfig {
+    fn default() -> Self {
+        RdmaConfig {
+            device: DeviceSelector::default(),
+            chunk: 1 << 20,
+            max_chunks: 32,
+            read_attempts: 64,
+            op_timeout: Duration::from_secs(60),
+            ack_timeout: 16,
+            retries: 7,
+        }
+    }
+}
+
+impl RdmaConfig {
+    /// The default configuration with the device chosen by environment variables:
+    /// `SWARM_RDMA_DEVICE` (name), `SWARM_RDMA_IP` (IPv4 address whose GID to use),
+    /// `SWARM_RDMA_GID_INDEX`, `SWARM_RDMA_PORT`.
+    pub fn from_env() -> Result<Self, RdmaError> {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// As [`RdmaConfig::from_env`], with the variables looked up by `var`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, RdmaError> {
+        fn parse<T: std::str::FromStr>(key: &str, v: Option<String>) -> Result<Option<T>, RdmaError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse::<T>()
+                        .map_err(|e| RdmaError::Config(format!("{key}={s:?}: {e}")))
+                })
+                .transpose()
+        }
+        let mut cfg = RdmaConfig::default();
+        cfg.device.name = var("SWARM_RDMA_DEVICE").filter(|s| !s.is_empty());
+        cfg.device.ipv4 = parse::<Ipv4Addr>("SWARM_RDMA_IP", var("SWARM_RDMA_IP"))?;
+        cfg.device.gid_index = parse::<u8>("SWARM_RDMA_GID_INDEX", var("SWARM_RDMA_GID_INDEX"))?;
+        cfg.device.port = parse::<u8>("SWARM_RDMA_PORT", var("SWARM_RDMA_PORT"))?;
+        Ok(cfg)
+    }
+}
+
+/// Whether this host has an RDMA device the default configuration can open. Tests use it to skip
+/// with a clear message outside the soft-RoCE VM.
+pub fn device_available(cfg: &RdmaConfig) -> Result<(), RdmaError> {
+    verbs::Device::open(&cfg.device).map(|_| ())
+}
+
+/// The README's example, compiled as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

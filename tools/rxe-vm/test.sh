@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The soft-RoCE stage of the test suite: builds the RDMA test binaries and the bench on the host
+# (the guest only runs them), boots the rxe VM once and runs tools/rxe-vm/guest.sh inside it.
+# Exit 125 = the VM itself failed (infrastructure), anything else non-zero = a test failed.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)"
+cd "$repo"
+artifacts() { # the executables cargo reports for a build, one per line
+  python3 -c 'import sys, json
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["executable"])'
+}
+export RXE_TEST_BINS
+RXE_TEST_BINS=$(cargo test -p rdma-transport --tests --no-run --message-format=json 2>/dev/null | artifacts | tr '\n' ' ')
+export RXE_BENCH_BIN
+RXE_BENCH_BIN=$(cargo build --release -p rdma-transport --example rdma_bench --message-format=json 2>/dev/null | artifacts | tail -1)
+[ -n "$RXE_TEST_BINS" ] && [ -x "$RXE_BENCH_BIN" ] || { echo "rxe-vm/test.sh: build failed" >&2; exit 1; }
+t0=$SECONDS
+set +e
+bash tools/rxe-vm/run.sh 'bash tools/rxe-vm/guest.sh'
+rc=$?
+set -e
+echo "rxe-vm/test.sh: VM stage took $((SECONDS - t0)) s, exit $rc"
+[ $rc != 125 ] || echo "rxe-vm/test.sh: exit 125 is an INFRASTRUCTURE failure (VM did not boot or hung), not a test failure" >&2
+exit $rc
