@@ -30,17 +30,9 @@ pub(crate) fn min_max(x: &[f32]) -> (f32, f32, bool) {
     init[32..].fill(0.0);
     let mut acc = init;
     let mut it = x.chunks_exact(16);
-    let mut step = |c: &[f32; 16]| {
-        for j in 0..16 {
-            let v = c[j];
-            acc[j] = if v < acc[j] { v } else { acc[j] };
-            acc[16 + j] = if v > acc[16 + j] { v } else { acc[16 + j] };
-            acc[32 + j] += v;
-        }
-    };
     for c in it.by_ref() {
         if let Ok(c) = <&[f32; 16]>::try_from(c) {
-            step(c);
+            min_max_step(&mut acc, c);
         }
     }
     let r = it.remainder();
@@ -49,7 +41,7 @@ pub(crate) fn min_max(x: &[f32]) -> (f32, f32, bool) {
         // the finiteness test.
         let mut c = [r[0]; 16];
         c[..r.len()].copy_from_slice(r);
-        step(&c);
+        min_max_step(&mut acc, &c);
     }
     let z = acc[32..].iter().sum::<f32>();
     let mut lo = acc[0];
@@ -61,6 +53,18 @@ pub(crate) fn min_max(x: &[f32]) -> (f32, f32, bool) {
     let finite =
         lo.is_finite() && hi.is_finite() && (z.is_finite() || x.iter().all(|v| v.is_finite()));
     (lo, hi, finite)
+}
+
+/// One step of [`min_max`] over 16 lanes: minima, maxima and sums (a function, not a closure,
+/// so that it is always inlined into the SIMD-dispatched caller).
+#[inline(always)]
+fn min_max_step(acc: &mut [f32; 48], c: &[f32; 16]) {
+    for j in 0..16 {
+        let v = c[j];
+        acc[j] = if v < acc[j] { v } else { acc[j] };
+        acc[16 + j] = if v > acc[16 + j] { v } else { acc[16 + j] };
+        acc[32 + j] += v;
+    }
 }
 
 /// Largest magnitude (0 for an empty slice); NaN if any value is NaN, infinity if any is
