@@ -3,6 +3,7 @@
 #   slurm    4-rank SwarmSGD run (`swarm train --transport tcp`) through `launcher slurm -n 4` on
 #            the throw-away one-node Slurm of tools/slurm-localhost.sh; its summary.json must
 #            hold 4 ranks, all `"status": "ok"`, no failed rank and a final test accuracy.
+#            Then SIGTERM to a running `launcher slurm -n 4` must reach every task as SIGTERM.
 #   compare  `launcher local -n 4 -- swarm train --transport tcp ARGS` against the same run in one
 #            process (`swarm train --nodes 4 ARGS`) on Fashion-MNIST: final test accuracies
 #            (averaged model) within 1 point.
@@ -57,6 +58,33 @@ run_slurm() {
   echo "launcher-e2e: slurm: 4 ranks ok, final test accuracy $acc ($((SECONDS - start)) s)"
 }
 
+# SIGTERM to the launcher reaches every Slurm task as SIGTERM (srun itself would SIGKILL them):
+# four shell-script ranks say so and exit 0.
+run_slurm_stop() {
+  echo "== launcher slurm -n 4, then SIGTERM to the launcher"
+  cat >"$work/term.sh" <<'EOF'
+#!/bin/sh
+trap 'echo "rank $RANK stopped cleanly"; exit 0' TERM
+echo "rank $RANK ready"
+while :; do sleep 0.2; done
+EOF
+  cat >"$work/stop.sh" <<'EOF'
+#!/bin/bash
+"$1" slurm -n 4 --grace 20 --timeout 60 --summary "$2/stop.json" -- "$2/term.sh" >"$2/stop.out" 2>&1 &
+l=$!
+for _ in $(seq 150); do [ "$(grep -c ' ready$' "$2/stop.out")" -ge 4 ] && break; sleep 0.2; done
+kill -TERM "$l"
+wait "$l"
+rc=$?
+cat "$2/stop.out"
+[ "$rc" -eq 143 ] || { echo "launcher exited $rc, expected 143" >&2; exit 1; }
+[ "$(grep -c 'stopped cleanly$' "$2/stop.out")" -eq 4 ] || { echo "not every rank stopped on SIGTERM" >&2; exit 1; }
+EOF
+  chmod +x "$work/term.sh" "$work/stop.sh"
+  SLURM_LOCALHOST_TIMEOUT=120 bash "$root/tools/slurm-localhost.sh" "$work/stop.sh" "$launcher" "$work" || return 1
+  echo "launcher-e2e: slurm-stop: 4 ranks got SIGTERM and exited 0"
+}
+
 run_compare() {
   echo "== launcher local -n 4 (tcp) vs one process (--nodes 4)"
   local start=$SECONDS mid tcp inproc
@@ -78,9 +106,9 @@ EOF
 }
 
 case "$what" in
-  slurm) checks=(slurm) ;;
+  slurm) checks=(slurm slurm_stop) ;;
   compare) checks=(compare) ;;
-  all) checks=(slurm compare) ;;
+  all) checks=(slurm slurm_stop compare) ;;
   *) echo "usage: $0 [slurm|compare|all]" >&2; exit 2 ;;
 esac
 passed=0

@@ -90,6 +90,7 @@ fn local_plan(args: &LocalArgs) -> Result<Plan, LauncherError> {
                     .as_ref()
                     .and_then(|b| b.get(rank as usize).cloned()),
                 missing_hint: "check the command after `--` (give a path or put it on PATH)".into(),
+                scancel: None,
             }
         })
         .collect();
@@ -145,6 +146,11 @@ fn slurm_plan(args: &SlurmArgs) -> Result<Plan, LauncherError> {
             cmd.env(k, v);
         }
     }
+    // scancel from the same place as srun.
+    let scancel = match std::path::Path::new(&args.srun).parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join("scancel"),
+        _ => PathBuf::from("scancel"),
+    };
     Ok(Plan {
         mode: "slurm",
         job,
@@ -157,6 +163,7 @@ fn slurm_plan(args: &SlurmArgs) -> Result<Plan, LauncherError> {
             missing_hint: "install Slurm (Debian: slurm-client, or slurm-wlm for a whole \
                            cluster) or run the ranks on this host with `launcher local`"
                 .into(),
+            scancel: Some(scancel),
         }],
         world_size: args.n,
         master: (
@@ -217,6 +224,7 @@ fn mpirun_plan(args: &MpirunArgs) -> Result<Plan, LauncherError> {
             missing_hint: "install Open MPI (Debian: openmpi-bin) or run the ranks on this \
                            host with `launcher local`"
                 .into(),
+            scancel: None,
         }],
         world_size: args.n,
         master: (addr, port),
@@ -283,6 +291,7 @@ fn ssh_plan(args: &SshArgs) -> Result<Plan, LauncherError> {
                 missing_hint: "install an ssh client (Debian: openssh-client) or run the \
                                ranks on this host with `launcher local`"
                     .into(),
+                scancel: None,
             }
         })
         .collect();

@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
@@ -43,6 +44,10 @@ pub struct ProcSpec {
     pub pin: Option<Binding>,
     /// What to tell the user when the program does not exist.
     pub missing_hint: String,
+    /// srun only: the `scancel` program. srun answers SIGTERM by killing its step at once
+    /// (SIGKILL), so a graceful stop asks `scancel --signal=TERM JOB.STEP` to send the tasks
+    /// SIGTERM instead, once the step's id is known.
+    pub scancel: Option<PathBuf>,
 }
 
 /// Job-wide supervision options.
@@ -113,6 +118,9 @@ struct Proc {
     status: Option<ExitStatus>,
     open_streams: u8,
     exited_at: Option<Instant>,
+    scancel: Option<PathBuf>,
+    /// srun only: `JOB.STEP`, from the wrapper's first line.
+    slurm_step: Option<String>,
 }
 
 fn exit_info(status: ExitStatus) -> ExitInfo {
@@ -265,6 +273,10 @@ struct Supervisor {
     stopped: Option<StopReason>,
     stop_deadline: Option<Instant>,
     killed: bool,
+    /// When SIGKILL follows the SIGTERM that `kill_all` sent to srun.
+    hard_kill_at: Option<Instant>,
+    /// `scancel` processes, reaped at the end.
+    helpers: Vec<Child>,
 }
 
 impl Supervisor {
@@ -309,6 +321,12 @@ impl Supervisor {
         };
         if !err {
             let as_str = String::from_utf8_lossy(text);
+            if let Some(step) = as_str.strip_prefix(wrap::SLURM_STEP_MARKER) {
+                if self.procs[proc].scancel.is_some() {
+                    self.procs[proc].slurm_step = Some(step.trim().to_string());
+                    return;
+                }
+            }
             // The wrapper's exit line; glued to the command's last line when that had no
             // newline.
             if let Some((before, code)) = wrap::split_rank_exit(&as_str) {
@@ -353,7 +371,8 @@ impl Supervisor {
         }
     }
 
-    /// Starts stopping the job: SIGTERM to every running process group, SIGKILL after grace.
+    /// Starts stopping the job: SIGTERM to every running process group (for srun: to its
+    /// tasks through `scancel`), SIGKILL after the grace period.
     fn stop(&mut self, reason: StopReason) {
         if self.stopped.is_none() {
             self.stopped = Some(reason);
@@ -361,20 +380,46 @@ impl Supervisor {
         self.stop_deadline = Some(Instant::now() + self.opts.grace);
         for p in &mut self.procs {
             p.stdin = None;
-            if p.status.is_none() {
-                signal_group(p.pid, Signal::SIGTERM);
+            if p.status.is_some() {
+                continue;
             }
+            if let (Some(scancel), Some(step)) = (&p.scancel, &p.slurm_step) {
+                match Command::new(scancel)
+                    .args(["--signal=TERM", "--quiet", step.as_str()])
+                    .stdin(Stdio::null())
+                    .spawn()
+                {
+                    Ok(child) => {
+                        self.helpers.push(child);
+                        continue;
+                    }
+                    Err(e) => eprintln!(
+                        "launcher: cannot run {} ({e}); stopping srun instead",
+                        scancel.display()
+                    ),
+                }
+            }
+            signal_group(p.pid, Signal::SIGTERM);
         }
     }
 
+    /// The end of the grace period (or a second Ctrl-C): SIGKILL every group. srun gets
+    /// SIGTERM instead, which makes it kill its step on every node, and SIGKILL 10 s later.
     fn kill_all(&mut self) {
         self.killed = true;
+        let mut srun_left = false;
         for p in &mut self.procs {
             p.stdin = None;
-            // Also groups whose leader already exited: leftovers keep pipes open.
-            if p.status.is_none() || p.open_streams > 0 {
+            if p.status.is_none() && p.scancel.is_some() && self.hard_kill_at.is_none() {
+                signal_group(p.pid, Signal::SIGTERM);
+                srun_left = true;
+            } else if p.status.is_none() || p.open_streams > 0 {
+                // Also groups whose leader already exited: leftovers keep pipes open.
                 signal_group(p.pid, Signal::SIGKILL);
             }
+        }
+        if srun_left {
+            self.hard_kill_at = Some(Instant::now() + Duration::from_secs(10));
         }
     }
 
@@ -451,6 +496,8 @@ pub fn run(specs: Vec<ProcSpec>, opts: Options) -> Result<Outcome, LauncherError
         stopped: None,
         stop_deadline: None,
         killed: false,
+        hard_kill_at: None,
+        helpers: Vec::new(),
     };
     for mut spec in specs {
         let program = spec.command.get_program().to_string_lossy().into_owned();
@@ -499,6 +546,8 @@ pub fn run(specs: Vec<ProcSpec>, opts: Options) -> Result<Outcome, LauncherError
             status: None,
             open_streams,
             exited_at: None,
+            scancel: spec.scancel,
+            slurm_step: None,
         });
     }
     drop(tx);
@@ -539,6 +588,16 @@ pub fn run(specs: Vec<ProcSpec>, opts: Options) -> Result<Outcome, LauncherError
                 sup.stop(StopReason::Timeout(secs));
             }
         }
+        if let Some(d) = sup.hard_kill_at {
+            if now >= d && !sup.finished() {
+                for p in &sup.procs {
+                    if p.status.is_none() || p.open_streams > 0 {
+                        signal_group(p.pid, Signal::SIGKILL);
+                    }
+                }
+                sup.hard_kill_at = None;
+            }
+        }
         if let Some(d) = sup.stop_deadline {
             if now >= d && !sup.killed && !sup.finished() {
                 eprintln!("launcher: grace period over; sending SIGKILL");
@@ -576,6 +635,12 @@ pub fn run(specs: Vec<ProcSpec>, opts: Options) -> Result<Outcome, LauncherError
         }
     }
     signal_handle.close();
+    for mut h in sup.helpers.drain(..) {
+        if !matches!(h.try_wait(), Ok(Some(_))) {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+    }
 
     let processes = sup
         .procs

@@ -8,6 +8,10 @@
 /// Marker line a wrapper prints after its command exits: `SWARM_RANK_EXIT <code>`.
 pub const RANK_EXIT_MARKER: &str = "SWARM_RANK_EXIT ";
 
+/// Marker line rank 0's srun wrapper prints first: `SWARM_SLURM_STEP <job>.<step>`, so the
+/// launcher can signal the step's tasks with `scancel`.
+pub const SLURM_STEP_MARKER: &str = "SWARM_SLURM_STEP ";
+
 /// `$0` of the wrapper shell (shows up in `ps`).
 pub const WRAPPER_NAME: &str = "swarm-rank";
 
@@ -38,6 +42,7 @@ pub fn slurm_script() -> String {
     let awk = r#"{n=0; for(i=1;i<=NF;i++){c=$i; r=1; if(match(c,/\(x[0-9]+\)/)){r=substr(c,RSTART+2,RLENGTH-3)+0; c=substr(c,1,RSTART-1)} for(j=0;j<r;j++){if(n==id){print c+0; exit} n++}}}"#;
     format!(
         concat!(
+            r#"if [ "$SLURM_PROCID" = 0 ]; then echo "SWARM_SLURM_STEP $SLURM_JOB_ID.$SLURM_STEP_ID"; fi; "#,
             r#"export RANK="$SLURM_PROCID" WORLD_SIZE="${{SLURM_STEP_NUM_TASKS:-$SLURM_NTASKS}}" LOCAL_RANK="$SLURM_LOCALID"; "#,
             r#"LOCAL_WORLD_SIZE=$(printf '%s\n' "${{SLURM_STEP_TASKS_PER_NODE:-$SLURM_TASKS_PER_NODE}}" | awk -F, -v id="${{SLURM_NODEID:-0}}" '{awk}'); export LOCAL_WORLD_SIZE; "#,
             r#"if [ -z "$MASTER_ADDR" ]; then MASTER_ADDR=$(scontrol show hostnames "${{SLURM_STEP_NODELIST:-$SLURM_JOB_NODELIST}}" 2>/dev/null | head -n 1); export MASTER_ADDR; fi; "#,
@@ -125,6 +130,8 @@ mod tests {
     fn slurm_wrapper_derives_rank_vars() {
         let env = [
             ("SLURM_PROCID", "5"),
+            ("SLURM_JOB_ID", "12"),
+            ("SLURM_STEP_ID", "0"),
             ("SLURM_NTASKS", "6"),
             ("SLURM_LOCALID", "1"),
             ("SLURM_NODEID", "2"),
