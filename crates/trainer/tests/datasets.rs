@@ -4,43 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use trainer::data::{load_dir, read_npy, InputShape};
 
-/// A CIFAR image whose class is visible: class `c` brightens a band of rows in one channel.
-fn cifar_pixels(class: u8, k: usize) -> Vec<u8> {
-    let mut px = vec![0u8; 3072];
-    for (i, p) in px.iter_mut().enumerate() {
-        let (ch, row) = (i / 1024, (i % 1024) / 32);
-        let noise = ((i * 7919 + k * 104_729) % 61) as u8;
-        let lit = ch == usize::from(class) % 3 && row / 3 == usize::from(class);
-        *p = noise + if lit { 180 } else { 20 };
-    }
-    px
-}
-
-/// `n` records of CIFAR-10 (`label_bytes` = 1) or CIFAR-100 (2: coarse, fine) binary.
-fn cifar_records(n: usize, label_bytes: usize, classes: u8, offset: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    for k in 0..n {
-        let class = ((k + offset) % usize::from(classes)) as u8;
-        if label_bytes == 2 {
-            out.push(class / 5); // coarse
-        }
-        out.push(class);
-        out.extend(cifar_pixels(class % 10, k + offset));
-    }
-    out
-}
-
-fn cifar10_dir(dir: &Path, train: usize, test: usize) -> PathBuf {
-    let d = dir.join("cifar-10-batches-bin");
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(d.join("data_batch_1.bin"), cifar_records(train, 1, 10, 0)).unwrap();
-    std::fs::write(d.join("test_batch.bin"), cifar_records(test, 1, 10, 3)).unwrap();
-    d
-}
+mod common;
+use common::{cifar10_dir, cifar_records};
 
 #[test]
 fn cifar10_binary_loads_channel_planes_and_labels() {
@@ -339,15 +308,30 @@ fn safetensors_datasets_load_and_name_a_missing_tensor() {
 }
 
 #[test]
-fn npy_reader_reads_what_numpy_wrote() {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/npy");
-    if !fixtures.is_dir() {
-        return;
-    }
-    let a = read_npy(&fixtures.join("train_x.npy")).unwrap();
+fn readers_read_what_numpy_and_python_safetensors_wrote() {
+    // Written by tests/fixtures/make_array_fixtures.py (numpy.save, safetensors.numpy.save_file).
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let a = read_npy(&fixtures.join("npy/train_x.npy")).unwrap();
     assert_eq!(a.shape, vec![8, 3, 4, 4]);
-    let data = load_dir(&fixtures).unwrap();
-    assert_eq!(data.train.len(), 8);
-    assert_eq!(data.test.len(), 4);
+    let trainer::data::Values::U8(px) = &a.values else {
+        panic!("uint8 pixels read as {:?}", a.values)
+    };
+    assert_eq!(
+        (px[..4].to_vec(), px[8 * 48 - 1]),
+        (vec![95, 130, 194, 217], 159)
+    );
+    let data = load_dir(&fixtures.join("npy")).unwrap();
+    assert_eq!((data.train.len(), data.test.len()), (8, 4));
+    assert_eq!(data.train.shape, InputShape::image(3, 4, 4));
     assert_eq!(data.train.labels, [0, 1, 2, 0, 1, 2, 0, 1]);
+    assert_eq!(data.test.labels, [2, 1, 0, 2]);
+
+    let data = load_dir(&fixtures.join("safetensors")).unwrap();
+    assert_eq!(data.train.shape, InputShape::image(1, 1, 5));
+    assert_eq!(
+        data.train.images[..3],
+        [1.003_961_6, -0.617_907_05, 1.822_011_4]
+    );
+    assert_eq!(data.train.labels, [0, 1, 0, 1, 0, 1]);
+    assert_eq!(data.test.labels, [1, 0], "int32 labels");
 }

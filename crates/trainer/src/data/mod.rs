@@ -5,7 +5,7 @@
 mod arrays;
 mod cifar;
 
-pub use arrays::{load_npy_dir, load_safetensors_dir, read_npy, NpyArray};
+pub use arrays::{load_npy_dir, load_safetensors_dir, read_npy, NpyArray, Values};
 pub use cifar::{load_cifar100_dir, load_cifar10_dir};
 
 use std::fmt;
