@@ -372,15 +372,18 @@ impl Supervisor {
     }
 
     /// Starts stopping the job: SIGTERM to every running process group (for srun: to its
-    /// tasks through `scancel`), SIGKILL after the grace period.
+    /// tasks through `scancel`; for ssh: end of the rank's stdin), SIGKILL after the grace
+    /// period.
     fn stop(&mut self, reason: StopReason) {
         if self.stopped.is_none() {
             self.stopped = Some(reason);
         }
         self.stop_deadline = Some(Instant::now() + self.opts.grace);
         for p in &mut self.procs {
-            p.stdin = None;
-            if p.status.is_some() {
+            // ssh: closing the rank's stdin makes the remote wrapper send the rank SIGTERM,
+            // and the rank's last words still come back over the connection.
+            let stdin_stop = p.stdin.take().is_some();
+            if p.status.is_some() || stdin_stop {
                 continue;
             }
             if let (Some(scancel), Some(step)) = (&p.scancel, &p.slurm_step) {
