@@ -362,3 +362,66 @@ fn non_finite_inputs_are_rejected() {
         }
     }
 }
+
+/// Vectors larger than the decoders' 32 KB output stage (8192 values), with a partial last
+/// block: every bucket of a staged decode must land where it belongs. (The proptests above stay
+/// below the stage size, where decoders write straight to the output.)
+#[test]
+fn large_vectors_decode_bucket_by_bucket() {
+    let mut rng = Rng(777);
+    for d in [2 * 8192, 3 * 8192 + 4100, 70_001] {
+        let x = rng.vector(d);
+        for bits in [1u32, 3, 4, 8] {
+            let mut c = MinMaxCodec::new(bits, Rounding::Nearest, 1).unwrap();
+            let mut out = Vec::new();
+            c.encode(&x, &mut out).unwrap();
+            let mut back = vec![f32::NAN; d];
+            c.decode(&out, &[], &mut back).unwrap();
+            for (xb, bb) in x.chunks(512).zip(back.chunks(512)) {
+                let lo = xb.iter().cloned().fold(f32::INFINITY, f32::min);
+                let hi = xb.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let step = (hi - lo) / ((1u32 << bits) - 1) as f32;
+                for (a, b) in xb.iter().zip(bb) {
+                    assert!(
+                        (a - b).abs() <= 0.5 * step + 1e-5 * (1.0 + a.abs()),
+                        "minmax:{bits} d={d}: x {a} got {b} step {step}"
+                    );
+                }
+            }
+        }
+        let mut c = SignCodec::new();
+        let mut out = Vec::new();
+        c.encode(&x, &mut out).unwrap();
+        let mut back = vec![f32::NAN; d];
+        c.decode(&out, &[], &mut back).unwrap();
+        for (xb, bb) in x.chunks(512).zip(back.chunks(512)) {
+            let m = xb.iter().map(|v| v.abs() as f64).sum::<f64>() / xb.len() as f64;
+            for (a, b) in xb.iter().zip(bb) {
+                assert!((b.abs() as f64 - m).abs() <= 1e-5 * (1.0 + m), "sign d={d}");
+                assert_eq!(a.is_sign_negative(), b.is_sign_negative(), "sign d={d}");
+            }
+        }
+        // TernGrad and QSGD stay within their bucket's scale.
+        for s in ["terngrad", "qsgd:7"] {
+            let mut c = s.parse::<CodecSpec>().unwrap().build(3).unwrap();
+            let mut out = Vec::new();
+            c.encode(&x, &mut out).unwrap();
+            let mut back = vec![f32::NAN; d];
+            c.decode(&out, &[], &mut back).unwrap();
+            for (xb, bb) in x.chunks(512).zip(back.chunks(512)) {
+                // TernGrad: |value| <= max |x|; QSGD: |value| <= ||x||_2 of the bucket.
+                let m = if s == "terngrad" {
+                    xb.iter().fold(0f32, |m, v| m.max(v.abs()))
+                } else {
+                    xb.iter().map(|v| v * v).sum::<f32>().sqrt()
+                };
+                for b in bb {
+                    assert!(
+                        b.is_finite() && b.abs() <= m * 1.0001 + 1e-6,
+                        "{s} d={d}: {b} > {m}"
+                    );
+                }
+            }
+        }
+    }
+}
