@@ -35,8 +35,42 @@ pub fn write_outputs(
     std::fs::write(out.join("metrics.csv"), csv).map_err(|e| io("metrics.csv", &e))?;
     let json = serde_json::to_string_pretty(summary).map_err(|e| io("summary.json", &e))?;
     std::fs::write(out.join("summary.json"), json + "\n").map_err(|e| io("summary.json", &e))?;
-    let named = model.named_tensors();
-    tch::Tensor::write_safetensors(&named, out.join("model.safetensors"))
-        .map_err(|e| io("model.safetensors", &e))?;
-    Ok(())
+    write_model(&out.join("model.safetensors"), summary, model)
+        .map_err(|e| io("model.safetensors", &e))
+}
+
+/// Writes the averaged `model` as safetensors: each parameter by its PyTorch name and shape (so
+/// `module.load_state_dict(safetensors.torch.load_file(path))` loads it), with string metadata
+/// `format` (`swarm-model`), `algo`, `model`, `nodes`, `epoch`, `step` (local steps per node),
+/// `parameters` and `config` (the run's TOML). Written atomically.
+pub fn write_model(path: &Path, summary: &Summary, model: &FlatModel) -> Result<(), String> {
+    let flat = model.params_copy();
+    let tensors: Vec<(String, Vec<usize>, &[f32])> = model
+        .specs()
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                s.shape.iter().map(|&d| d as usize).collect(),
+                &flat[s.offset..s.offset + s.numel],
+            )
+        })
+        .collect();
+    let config = toml::to_string(&summary.config).map_err(|e| e.to_string())?;
+    let nodes = summary.nodes.max(1) as u64;
+    let metadata = [
+        ("format", "swarm-model".to_string()),
+        ("algo", summary.algo.clone()),
+        ("model", summary.config.model.clone()),
+        ("nodes", summary.nodes.to_string()),
+        ("epoch", summary.config.epochs.to_string()),
+        ("step", (summary.local_steps_total / nodes).to_string()),
+        ("parameters", summary.parameters.to_string()),
+        ("config", config),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let bytes = crate::checkpoint::safetensors_bytes(&tensors, metadata)?;
+    crate::checkpoint::write_atomically(path, &bytes)
 }

@@ -98,6 +98,25 @@ fn swarm_trains_resnet20_on_cifar10_binary_files() {
     // 128 examples / (2 nodes * 16) = 4 steps per node and epoch.
     assert_eq!(summary["local_steps_total"], 4 * 3 * 2);
     assert_eq!(summary["parameters"], 269_722);
+    // The final model: tensors by name, with the run's metadata.
+    let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().clone().unwrap();
+    assert_eq!(meta["format"], "swarm-model");
+    assert_eq!(
+        (meta["algo"].as_str(), meta["step"].as_str()),
+        ("swarm", "12")
+    );
+    assert!(
+        meta["config"].contains("model = \"resnet20\""),
+        "{}",
+        meta["config"]
+    );
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(
+        st.tensor("layer2.0.conv1.weight").unwrap().shape(),
+        &[32, 16, 3, 3]
+    );
 
     // A corrupt CIFAR file is refused before training, with the file and the problem.
     let mut bytes = std::fs::read(data.join("data_batch_1.bin")).unwrap();

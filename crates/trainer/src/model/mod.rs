@@ -599,6 +599,14 @@ impl FlatModel {
         self.with_params_mut(|p| p.to_vec())
     }
 
+    /// A copy of the parameters, through a shared borrow.
+    pub fn params_copy(&self) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.dim];
+        // A contiguous f32 CPU tensor of `dim` values (checked at every mutable access) copies.
+        let _ = self.flat.f_copy_data(&mut out, self.dim);
+        out
+    }
+
     /// Overwrites the parameters.
     pub fn load(&mut self, params: &[f32]) -> Result<(), TrainError> {
         if params.len() != self.dim {
