@@ -48,6 +48,10 @@ pub struct NodeStats {
     /// Pairwise interactions skipped because the peer had not yet folded this node's previous
     /// correction.
     pub skipped_busy: u64,
+    /// Messages this node put on the network that moved data: model reads (including
+    /// full-precision re-reads after a failed decode) and correction writes. The network-time
+    /// model charges one latency per message.
+    pub messages: u64,
 }
 
 impl NodeStats {
@@ -423,6 +427,7 @@ impl<T: Transport> SwarmNode<T> {
                 ..
             } => {
                 self.stats.bytes_written += payload_len;
+                self.stats.messages += 1;
                 Ok(true)
             }
             Completion::Write {
@@ -453,6 +458,7 @@ impl<T: Transport> SwarmNode<T> {
         }
         self.stats.bytes_read += self.encoded_len as u64;
         self.stats.models_read += 1;
+        self.stats.messages += 1;
         if !self.quantized {
             if !all_finite_le(&self.read_buf) {
                 self.stats.rejected_non_finite += 1;
@@ -480,6 +486,7 @@ impl<T: Transport> SwarmNode<T> {
                 return Ok(false);
             }
             self.stats.bytes_read += 4 * self.dim as u64;
+            self.stats.messages += 1;
             for (v, x) in self.peer_model.iter_mut().zip(le_values(&self.read_buf)) {
                 *v = x;
             }

@@ -18,6 +18,51 @@ pub enum Algo {
     Swarm,
     /// Synchronous data-parallel SGD: gradients averaged over all nodes at every step.
     Allreduce,
+    /// Local SGD: H local steps, then every model replaced by the average (all-reduce).
+    #[serde(rename = "localsgd")]
+    #[value(name = "localsgd")]
+    LocalSgd,
+    /// D-PSGD: every step, synchronous averaging with all graph neighbours (Metropolis weights).
+    Dpsgd,
+    /// AD-PSGD: asynchronous; active nodes average atomically with a random passive neighbour
+    /// (bipartite topology).
+    Adpsgd,
+    /// Stochastic gradient push: push-sum over the directed exponential graph, one peer a step.
+    Sgp,
+    /// Qsparse-local-SGD: H local steps, then the compressed (`quant`) progress with error
+    /// feedback, all nodes at once.
+    Qsparse,
+    /// Qsparse-local-SGD with asynchronous triggers: each node pushes its compressed progress to
+    /// a shared model after its own geometric(H) local steps.
+    #[serde(rename = "qsparse-async")]
+    #[value(name = "qsparse-async")]
+    QsparseAsync,
+    /// LASGD: local steps, with the all-reduce of the models running in the background.
+    Lasgd,
+    /// Elastic-consistency asynchronous SGD: sparsified (`quant`) gradients applied to a shared
+    /// model, without error feedback.
+    Elastic,
+    /// The same with error feedback.
+    #[serde(rename = "elastic-ef")]
+    #[value(name = "elastic-ef")]
+    ElasticEf,
+}
+
+impl Algo {
+    /// Every algorithm, in the order reports list them.
+    pub const ALL: [Algo; 11] = [
+        Algo::Swarm,
+        Algo::Allreduce,
+        Algo::LocalSgd,
+        Algo::Dpsgd,
+        Algo::Adpsgd,
+        Algo::Sgp,
+        Algo::Qsparse,
+        Algo::QsparseAsync,
+        Algo::Lasgd,
+        Algo::Elastic,
+        Algo::ElasticEf,
+    ];
 }
 
 impl std::fmt::Display for Algo {
@@ -25,7 +70,33 @@ impl std::fmt::Display for Algo {
         f.write_str(match self {
             Algo::Swarm => "swarm",
             Algo::Allreduce => "allreduce",
+            Algo::LocalSgd => "localsgd",
+            Algo::Dpsgd => "dpsgd",
+            Algo::Adpsgd => "adpsgd",
+            Algo::Sgp => "sgp",
+            Algo::Qsparse => "qsparse",
+            Algo::QsparseAsync => "qsparse-async",
+            Algo::Lasgd => "lasgd",
+            Algo::Elastic => "elastic",
+            Algo::ElasticEf => "elastic-ef",
         })
+    }
+}
+
+impl std::str::FromStr for Algo {
+    type Err = TrainError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Algo::ALL
+            .into_iter()
+            .find(|a| a.to_string() == s)
+            .ok_or_else(|| {
+                let names: Vec<String> = Algo::ALL.iter().map(|a| a.to_string()).collect();
+                TrainError::Config(format!(
+                    "unknown algorithm '{s}': use one of {}",
+                    names.join(", ")
+                ))
+            })
     }
 }
 

@@ -10,7 +10,10 @@ pub mod data;
 mod flat;
 pub mod model;
 pub mod multiproc;
+pub mod netmodel;
+pub mod plot;
 pub mod report;
+pub mod simstudy;
 pub mod train;
 
 /// Everything that can stop a run, each with a message that says what to fix.

@@ -23,6 +23,8 @@ enum Command {
     /// Communication graphs: generate, analyse, export; hardware locality.
     #[command(subcommand)]
     Topo(TopoCommand),
+    /// Large-n study in the simulator: spread of the models by topology, H and codec (CSV + PNG).
+    Sim(Box<trainer::simstudy::SimArgs>),
 }
 
 #[derive(Subcommand)]
@@ -125,6 +127,9 @@ fn main() -> ExitCode {
         }).map_err(|e| e.to_string()),
         },
         Command::Topo(cmd) => topo(cmd),
+        Command::Sim(args) => trainer::simstudy::run(&args)
+            .map(|_| println!("sim: wrote sim.csv and plots to {}", args.out.display()))
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,6 +17,8 @@ use crate::data::{load_dir, Dataset, Split};
 use crate::model::{batch, FlatModel, ModelKind};
 use crate::TrainError;
 
+mod baselines;
+
 /// One evaluation of the nodes' averaged model.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalRow {
@@ -82,6 +84,8 @@ enum NodeMsg {
         loss_sum: f64,
         steps: u64,
         stats: NodeStats,
+        /// CPU time of the node's thread and wall time inside training so far (seconds).
+        busy: (f64, f64),
     },
     /// A node failed; the run stops.
     Failed { node: usize, error: String },
@@ -134,6 +138,14 @@ impl Shared {
 
 /// Runs the configured training and writes metrics.csv, summary.json and model.safetensors.
 pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
+    train_accounted(cfg).map(|(summary, _)| summary)
+}
+
+/// [`train`], also returning each node's cumulative account at the end of every epoch (bytes,
+/// messages, compute and wait time), which it writes to `accounting.json` too.
+pub fn train_accounted(
+    cfg: &Resolved,
+) -> Result<(Summary, Vec<Vec<crate::netmodel::NodeAccount>>), TrainError> {
     let started = Instant::now();
     tch::set_num_threads(1);
     let n = cfg.raw.nodes;
@@ -192,6 +204,7 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
     let handles = match cfg.raw.algo {
         Algo::Swarm => spawn_swarm(cfg, &shared, &neighbours, dim, &tx)?,
         Algo::Allreduce => spawn_allreduce(&shared, dim, &tx)?,
+        algo => baselines::spawn(algo, cfg, &shared, &neighbours, dim, &tx)?,
     };
     drop(tx);
 
@@ -206,11 +219,13 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut rows = Vec::new();
+    let mut accounts = Vec::new();
     let mut eval_seconds = 0.0;
     let mut last = None;
     let mut failure = None;
     for epoch in start_epoch + 1..=cfg.raw.epochs {
         let mut snapshots: Vec<Option<(Vec<f32>, NodeStats)>> = vec![None; n];
+        let mut busy = vec![(0.0, 0.0); n];
         let mut optimizer_states = vec![Vec::new(); n];
         let (mut loss_sum, mut steps) = (0.0, 0u64);
         let mut received = 0;
@@ -223,7 +238,9 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
                     loss_sum: l,
                     steps: s,
                     stats,
+                    busy: b,
                 }) => {
+                    busy[node] = b;
                     snapshots[node] = Some((params, stats));
                     optimizer_states[node] = optimizer_state;
                     loss_sum += l;
@@ -267,7 +284,18 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
                 let rounds = (epoch * steps_per_epoch) as u64;
                 (rounds * allreduce_bytes_per_round(n, dim), rounds)
             }
+            _ => (
+                snapshots.iter().map(|(_, s)| s.bytes_sent()).sum(),
+                snapshots.iter().map(|(_, s)| s.interactions).sum::<u64>(),
+            ),
         };
+        accounts.push(
+            snapshots
+                .iter()
+                .zip(&busy)
+                .map(|((_, s), b)| crate::netmodel::account(cfg.raw.algo, n, dim, s, b.0, b.1))
+                .collect::<Vec<_>>(),
+        );
         let row = EvalRow {
             epoch,
             train_loss: loss_sum / steps.max(1) as f64,
@@ -351,7 +379,8 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
         config: cfg.raw.clone(),
     };
     crate::report::write_outputs(&cfg.raw.out, &rows, &summary, &eval_model)?;
-    Ok(summary)
+    crate::netmodel::write_accounting(&cfg.raw.out, cfg.raw.algo, &accounts)?;
+    Ok((summary, accounts))
 }
 
 /// The run's dataset, cut to the configured subsets; enough examples for `n` nodes.
@@ -445,10 +474,13 @@ fn node_loop(
     for _ in 0..step {
         batches.next(shared.batch_size);
     }
+    // CPU and wall time inside training, barriers and evaluations excluded.
+    let (mut cpu, mut wall) = (0.0, 0.0);
     for epoch in shared.start_epoch..shared.epochs {
         let mut loss_sum = 0.0;
         let mut steps = 0u64;
         let mut failed = None;
+        let (cpu0, wall0) = (crate::netmodel::thread_cpu_seconds(), Instant::now());
         for _ in 0..shared.steps_per_epoch {
             if shared.abort.load(Ordering::Relaxed) {
                 break;
@@ -478,8 +510,12 @@ fn node_loop(
                 }
             }
         }
+        let (cpu1, wall1) = (crate::netmodel::thread_cpu_seconds(), wall0.elapsed());
         shared.stopped.wait();
-        let msg = match failed.or_else(|| at_boundary(&mut model).err().map(|e| e.to_string())) {
+        let failed = failed.or_else(|| at_boundary(&mut model).err().map(|e| e.to_string()));
+        wall += wall1.as_secs_f64();
+        cpu += cpu1.zip(cpu0).map_or(0.0, |(b, a)| b - a);
+        let msg = match failed {
             Some(error) => NodeMsg::Failed { node, error },
             None => NodeMsg::Snapshot {
                 node,
@@ -492,6 +528,7 @@ fn node_loop(
                 loss_sum,
                 steps,
                 stats: stats(),
+                busy: (cpu, wall),
             },
         };
         let _ = tx.send(msg);
