@@ -684,3 +684,51 @@ pub fn batch(split: &Split, indices: &[usize]) -> (Tensor, Tensor) {
         Tensor::from_slice(&labels),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gradient of the last backward, as one flat vector.
+    fn grad(m: &mut FlatModel) -> Vec<f32> {
+        let mut buf = Vec::new();
+        m.with_grad_mut(&mut buf, |g| g.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn sgd_step_is_torch_sgd_with_momentum_weight_decay_and_clipping() {
+        let input = InputShape::image(1, 1, 3);
+        let mut m = FlatModel::new(ModelKind::Mlp { hidden: 4 }, input, 2, 7).unwrap();
+        let (mu, wd, clip, lr) = (0.9f32, 0.1f32, 0.05f64, 0.5f32);
+        m.set_sgd(SgdConfig {
+            momentum: f64::from(mu),
+            weight_decay: f64::from(wd),
+            clip_grad_norm: Some(clip),
+        });
+        let x = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 1.5, 0.0, -0.5]).view([2, 3]);
+        let y = Tensor::from_slice(&[1i64, 0]);
+        let mut w = m.params();
+        let mut buf = vec![0.0f32; w.len()];
+        for _ in 0..3 {
+            m.backward(&x, &y);
+            let g = grad(&mut m);
+            let norm = g.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+            assert!(norm > clip, "the test must exercise clipping");
+            let scale = (clip / norm) as f32;
+            for k in 0..w.len() {
+                buf[k] = mu * buf[k] + scale * g[k] + wd * w[k];
+                w[k] -= lr * buf[k];
+            }
+            m.sgd_step(f64::from(lr));
+            let got = m.params();
+            for (a, b) in got.iter().zip(&w) {
+                assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+            }
+            assert_eq!(m.optimizer_state().len(), w.len());
+        }
+        // Plain SGD keeps no state.
+        m.set_sgd(SgdConfig::default());
+        assert!(m.optimizer_state().is_empty());
+        assert!(m.load_optimizer_state(&[1.0; 3]).is_err());
+    }
+}
