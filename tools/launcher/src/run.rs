@@ -119,6 +119,8 @@ struct Proc {
     open_streams: u8,
     exited_at: Option<Instant>,
     scancel: Option<PathBuf>,
+    /// SIGKILL was sent to what the exited leader left in its group.
+    leftovers_killed: bool,
     /// srun only: `JOB.STEP`, from the wrapper's first line.
     slurm_step: Option<String>,
 }
@@ -550,6 +552,7 @@ pub fn run(specs: Vec<ProcSpec>, opts: Options) -> Result<Outcome, LauncherError
             open_streams,
             exited_at: None,
             scancel: spec.scancel,
+            leftovers_killed: false,
             slurm_step: None,
         });
     }
@@ -607,27 +610,29 @@ pub fn run(specs: Vec<ProcSpec>, opts: Options) -> Result<Outcome, LauncherError
                 sup.kill_all();
             }
         }
-        // Leaders that exited while leftovers in their group keep the pipes open.
-        let linger = sup
-            .procs
-            .iter()
-            .any(|p| p.open_streams > 0 && p.exited_at.is_some_and(|t| now >= t + opts.grace));
-        if linger && !sup.killed {
-            sup.kill_all();
+        // A leader that exited while leftovers in its group keep its pipes open: SIGKILL that
+        // group (only) once the grace period has passed.
+        for p in &mut sup.procs {
+            if p.open_streams > 0
+                && !p.leftovers_killed
+                && p.exited_at.is_some_and(|t| now >= t + opts.grace)
+            {
+                signal_group(p.pid, Signal::SIGKILL);
+                p.leftovers_killed = true;
+            }
         }
         if sup.finished() {
             break;
         }
-        // After SIGKILL, give readers a moment, then stop waiting for pipes held elsewhere.
-        if sup.killed
-            && sup.procs.iter().all(|p| p.status.is_some())
-            && sup
-                .procs
-                .iter()
-                .filter_map(|p| p.exited_at)
-                .max()
-                .is_some_and(|t| now >= t + Duration::from_secs(2))
-        {
+        // After SIGKILL, give readers 2 s, then stop waiting for pipes held by processes that
+        // left their group (nothing the launcher can signal).
+        let settled = |p: &Proc| {
+            p.open_streams == 0
+                || (p.leftovers_killed
+                    && p.exited_at
+                        .is_some_and(|t| now >= t + opts.grace + Duration::from_secs(2)))
+        };
+        if sup.procs.iter().all(|p| p.status.is_some() && settled(p)) {
             break;
         }
     }

@@ -330,6 +330,41 @@ fn timeout_and_kill_on_failure_stop_the_job() {
 }
 
 #[test]
+fn leftovers_of_a_finished_rank_are_stopped() {
+    // The rank exits at once but leaves a child that ignores SIGTERM and holds its stdout.
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("s.json");
+    let start = Instant::now();
+    let out = launcher(&[
+        "local",
+        "-n",
+        "1",
+        "--grace",
+        "1",
+        "--timeout",
+        "30",
+        "--summary",
+        summary.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        r#"(trap '' TERM; exec sleep 100) & echo "pid $!"; echo "SWARM_SUMMARY {\"rank\": 0, \"world_size\": 1, \"status\": \"ok\"}""#,
+    ]);
+    let secs = start.elapsed().as_secs_f64();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!((0.9..10.0).contains(&secs), "took {secs} s");
+    let pid: u32 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("[rank 0] pid "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!pid_alive(pid), "leftover {pid} still running");
+}
+
+#[test]
 fn clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let out = launcher(&["local", "-n", "2", "--", "/no/such/program"]);
