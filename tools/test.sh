@@ -19,3 +19,14 @@ bash tools/launcher-e2e.sh all 2>&1 | tee -a target/test-output.txt
 passed=$(grep -Eo '[0-9]+ passed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
 echo "$passed passed, $failed failed"
+echo "== soft-RoCE VM stage (tools/rxe-vm/test.sh): RDMA tests on rxe, perftest vs rdma-transport"
+# Exit 125 from the VM stage = infrastructure (the VM did not boot or hung), not a test failure.
+vm_rc=0
+bash tools/rxe-vm/test.sh 2>&1 | grep --line-buffered -v "speed is unknown, defaulting" | tee target/rxe-vm-output.txt || vm_rc=${PIPESTATUS[0]}
+if [ "$vm_rc" -eq 125 ]; then
+  echo "soft-RoCE stage: INFRASTRUCTURE failure (exit 125: VM did not boot or hung); RDMA tests did not run" >&2
+  exit 125
+elif [ "$vm_rc" -ne 0 ]; then
+  echo "soft-RoCE stage: RDMA tests FAILED (exit $vm_rc); log in target/rxe-vm-output.txt" >&2
+  exit "$vm_rc"
+fi

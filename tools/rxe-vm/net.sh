@@ -15,6 +15,10 @@ ip rule add pref 10 oif vB lookup 100
 ip rule add pref 11 oif vA lookup 101
 ip rule add pref 100 lookup local
 ip rule del pref 0 lookup local
+# Static neighbour entries: rxe resolves the peer's MAC when a QP connects, and a first packet
+# sent before ARP completed was seen to stall a connection for minutes.
+ip neigh replace 192.0.2.2 lladdr "$(cat /sys/class/net/vB/address)" dev vA nud permanent
+ip neigh replace 192.0.2.1 lladdr "$(cat /sys/class/net/vA/address)" dev vB nud permanent
 rdma link add rxeA type rxe netdev vA
 rdma link add rxeB type rxe netdev vB
 sleep 1

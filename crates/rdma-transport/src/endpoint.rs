@@ -312,6 +312,11 @@ impl RdmaEndpoint {
         &self.dev
     }
 
+    /// Changes [`RdmaConfig::op_timeout`] for operations started from now on.
+    pub fn set_op_timeout(&mut self, timeout: Duration) {
+        self.cfg.op_timeout = timeout;
+    }
+
     /// Counters of this endpoint.
     pub fn stats(&self) -> RdmaStats {
         self.stats

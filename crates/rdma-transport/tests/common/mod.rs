@@ -110,12 +110,13 @@ impl Peer {
             line.clear();
             let n = self.out.read_line(&mut line).unwrap();
             assert!(n > 0, "child {} exited before sending {tag}", self.name);
+            // libtest may print "test NAME ... " before the child's first line: find the marker.
             let l = line.trim_end();
-            if let Some(rest) = l.strip_prefix(tag) {
-                return rest.trim_start().to_string();
+            if let Some(at) = l.find(&format!("@@{tag}")) {
+                return l[at + 2 + tag.len()..].trim_start().to_string();
             }
-            if let Some(msg) = l.strip_prefix("FAIL") {
-                panic!("child {} failed: {msg}", self.name);
+            if let Some(at) = l.find("@@FAIL") {
+                panic!("child {} failed: {}", self.name, &l[at + 6..]);
             }
         }
     }
@@ -148,7 +149,7 @@ impl Drop for Peer {
 /// The child's side of the pipes.
 pub fn say(tag: &str, rest: &str) {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{tag} {rest}").unwrap();
+    writeln!(out, "@@{tag} {rest}").unwrap();
     out.flush().unwrap();
 }
 
@@ -169,7 +170,10 @@ pub fn hear(tag: &str) -> String {
 pub fn note(msg: &str) {
     use std::sync::OnceLock;
     static T0: OnceLock<std::time::Instant> = OnceLock::new();
-    let t = T0.get_or_init(std::time::Instant::now).elapsed().as_secs_f64();
+    let t = T0
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs_f64();
     let who = role().unwrap_or_else(|| "parent".into());
     eprintln!("[{t:8.3}s {who}] {msg}");
 }
