@@ -153,6 +153,8 @@ pub struct TrainConfig {
     pub checkpoint_every: Option<usize>,
     /// Continue the run saved in this checkpoint directory (or run directory).
     pub resume: Option<PathBuf>,
+    /// Where the models compute: cpu, or cuda:K (needs a CUDA libtorch and a GPU).
+    pub device: String,
     /// Where the nodes run: `inproc` (threads of this process), `tcp` (this process is one rank
     /// of a multi-process job started by tools/launcher, Slurm or MPI).
     pub transport: String,
@@ -191,6 +193,7 @@ impl Default for TrainConfig {
             lr_warmup: 0.0,
             checkpoint_every: None,
             resume: None,
+            device: "cpu".into(),
             transport: "inproc".into(),
             peer_timeout: 30.0,
             max_peer_distance: Some(1000.0),
@@ -277,6 +280,9 @@ pub struct TrainArgs {
     /// checkpoint). Settings not given as flags come from the checkpoint's config.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Where the models compute: cpu or cuda:K [default: cpu].
+    #[arg(long)]
+    pub device: Option<String>,
     /// Where the nodes run: inproc (threads of this process) or tcp (one rank of a job started by
     /// tools/launcher, Slurm or MPI; RANK/WORLD_SIZE/... from the environment) [default: inproc].
     #[arg(long)]
@@ -468,6 +474,9 @@ impl TrainArgs {
         if self.resume.is_some() {
             cfg.resume = self.resume.clone();
         }
+        if let Some(d) = &self.device {
+            cfg.device = d.clone();
+        }
         if self.data.is_some() {
             cfg.data = self.data.clone();
         }
@@ -480,6 +489,29 @@ impl TrainArgs {
         cfg.quiet |= self.quiet;
         cfg.validate()
     }
+}
+
+/// Accepts `cpu`; for `cuda` / `cuda:K` says why this build cannot train there.
+fn check_device(device: &str) -> Result<(), String> {
+    let index = match device {
+        "cpu" => return Ok(()),
+        "cuda" => 0,
+        _ => device
+            .strip_prefix("cuda:")
+            .and_then(|k| k.parse::<usize>().ok())
+            .ok_or_else(|| format!("device '{device}' is not cpu, cuda or cuda:K"))?,
+    };
+    let visible = tch::Cuda::device_count().max(0) as usize;
+    if !tch::Cuda::is_available() || index >= visible {
+        return Err(format!(
+            "device {device}: libtorch sees {visible} CUDA device(s). This build links the CPU \
+             libtorch of tools/setup.sh; on a GPU machine point LIBTORCH at a CUDA libtorch"
+        ));
+    }
+    Err(format!(
+        "device {device}: training on CUDA is not implemented yet (the nodes average their flat \
+         parameter buffers in host memory); use --device cpu"
+    ))
 }
 
 fn checkpoint_config(dir: &Path) -> Result<TrainConfig, TrainError> {
@@ -582,6 +614,7 @@ impl TrainConfig {
         if self.checkpoint_every == Some(0) {
             return Err(cfg("checkpoint_every must be at least 1 (epochs)".into()));
         }
+        check_device(&self.device).map_err(cfg)?;
         let sgd = crate::model::SgdConfig {
             momentum: self.momentum,
             weight_decay: self.weight_decay,
@@ -703,6 +736,20 @@ mod tests {
                     ..Default::default()
                 },
                 "checkpoint_every",
+            ),
+            (
+                TrainArgs {
+                    device: Some("gpu".into()),
+                    ..Default::default()
+                },
+                "cpu, cuda or cuda:K",
+            ),
+            (
+                TrainArgs {
+                    device: Some("cuda:0".into()),
+                    ..Default::default()
+                },
+                "device cuda:0",
             ),
         ] {
             let e = flag.resolve().unwrap_err().to_string();
