@@ -123,7 +123,7 @@ pub struct TrainConfig {
     /// Peak learning rate of plain SGD.
     pub lr: f64,
     /// How the learning rate moves over the run: constant, cosine (decays to 0 at the end), or
-    /// step:EPOCHS[:GAMMA] (multiplied by GAMMA, default 0.1, every EPOCHS epochs).
+    /// step:EPOCHS or step:EPOCHS:GAMMA (multiplied by GAMMA, default 0.1, every EPOCHS epochs).
     pub lr_schedule: String,
     /// Seed of initialisation, partitioning, shuffling and neighbour choice.
     pub seed: u64,
@@ -234,7 +234,7 @@ pub struct TrainArgs {
     /// Peak learning rate [default: 0.3].
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Learning-rate schedule over the local steps: constant, cosine, step:EPOCHS[:GAMMA] [default: cosine].
+    /// Learning-rate schedule over the local steps: constant, cosine, step:EPOCHS, step:EPOCHS:GAMMA [default: cosine].
     #[arg(long)]
     pub lr_schedule: Option<String>,
     /// Seed [default: 1].
