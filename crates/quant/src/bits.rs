@@ -5,14 +5,15 @@
 //! - widths 1, 2, 4, 8 and 16 use a *vertical* layout: `L = max(4, 2B)` little-endian words of
 //!   `64B/L` bits (16-bit words for `B = 1`, 32-bit words otherwise), word `w` holding codes
 //!   `w, w + L, w + 2L, ...` from its low bits up. Every word gathers codes a fixed stride
-//!   apart, so packing is in-lane shifts and ors at 4 lanes or more (SSE2), like `bitpacking`'s
-//!   lane-interleaved layouts, and a codec kernel packs its codes 4 at a time as it produces
-//!   them;
+//!   apart, so packing is in-lane shifts and ors at 4 lanes or more (SSE2; up to 16 with
+//!   AVX-512), like `bitpacking`'s lane-interleaved layouts;
 //! - every other width, and the last partial block of a vector at any width, is sequential:
 //!   code `i` occupies bits `i*B .. (i+1)*B` of the block read as one little-endian integer.
 //!
-//! Codec kernels implement [`EncodeKernel`] / [`DecodeKernel`] (4 coordinates per call) and run
-//! through [`encode_map`] / [`decode_map`]; everything is monomorphized per width.
+//! Codec kernels implement [`EncodeKernel`] / [`DecodeKernel`] (one block of 64 per call, as
+//! plain loops) and run through [`encode_map`] / [`decode_map`]: a block's codes stay in
+//! registers between the kernel and the packing. Everything is monomorphized per width and
+//! runs inside [`crate::simd::run`], which picks the SIMD width at run time.
 
 use crate::QuantError;
 
