@@ -25,6 +25,8 @@ enum Command {
     Topo(TopoCommand),
     /// Large-n study in the simulator: spread of the models by topology, H and codec (CSV + PNG).
     Sim(Box<trainer::simstudy::SimArgs>),
+    /// Run a matrix of trainings from an experiment file: results.csv, a Markdown report, plots.
+    Experiment(Box<trainer::experiment::ExperimentArgs>),
 }
 
 #[derive(Subcommand)]
@@ -91,7 +93,28 @@ fn topo(cmd: TopoCommand) -> Result<(), String> {
 /// One rank of a multi-process job; its last stdout line is `SWARM_SUMMARY {json}` for
 /// tools/launcher to gather.
 fn train_rank(cfg: &trainer::config::Resolved) -> Result<(), String> {
-    let s = trainer::multiproc::train_rank(cfg).map_err(|e| e.to_string())?;
+    let s = match trainer::multiproc::train_rank(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            // Still one summary line, so the launcher's summary says what happened to this rank.
+            let message = e.to_string();
+            if let Ok(job) = rendezvous::JobEnv::detect() {
+                let status = if trainer::multiproc::interrupted() {
+                    "interrupted"
+                } else {
+                    "failed"
+                };
+                let line = serde_json::json!({
+                    "rank": job.rank,
+                    "world_size": job.world_size,
+                    "status": status,
+                    "error": message,
+                });
+                println!("SWARM_SUMMARY {line}");
+            }
+            return Err(message);
+        }
+    };
     if let (Some(acc), Some(lost)) = (s.final_test_accuracy, &s.lost_ranks) {
         println!(
             "swarm over tcp on {} ranks: final test accuracy {:.2}% (averaged model of {} ranks), lost ranks {:?}; outputs in {}",
@@ -127,6 +150,9 @@ fn main() -> ExitCode {
         }).map_err(|e| e.to_string()),
         },
         Command::Topo(cmd) => topo(cmd),
+        Command::Experiment(args) => trainer::experiment::run(&args)
+            .map(|r| println!("experiment: {} runs; results in {}", r.len(), args.file.display()))
+            .map_err(|e| e.to_string()),
         Command::Sim(args) => trainer::simstudy::run(&args)
             .map(|_| println!("sim: wrote sim.csv and plots to {}", args.out.display()))
             .map_err(|e| e.to_string()),

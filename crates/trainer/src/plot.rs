@@ -145,7 +145,12 @@ pub fn line_chart(path: &Path, chart: &Chart<'_>, series: &[Series]) -> Result<(
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
                 .label_font(("sans-serif", 15))
-                .position(SeriesLabelPosition::LowerRight)
+                // Decaying log-scale curves leave the upper right free, rising ones the lower.
+                .position(if chart.log_y {
+                    SeriesLabelPosition::UpperRight
+                } else {
+                    SeriesLabelPosition::LowerRight
+                })
                 .draw()
                 .map_err(|e| err(&e))?;
         }};
