@@ -93,7 +93,28 @@ fn topo(cmd: TopoCommand) -> Result<(), String> {
 /// One rank of a multi-process job; its last stdout line is `SWARM_SUMMARY {json}` for
 /// tools/launcher to gather.
 fn train_rank(cfg: &trainer::config::Resolved) -> Result<(), String> {
-    let s = trainer::multiproc::train_rank(cfg).map_err(|e| e.to_string())?;
+    let s = match trainer::multiproc::train_rank(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            // Still one summary line, so the launcher's summary says what happened to this rank.
+            let message = e.to_string();
+            if let Ok(job) = rendezvous::JobEnv::detect() {
+                let status = if trainer::multiproc::interrupted() {
+                    "interrupted"
+                } else {
+                    "failed"
+                };
+                let line = serde_json::json!({
+                    "rank": job.rank,
+                    "world_size": job.world_size,
+                    "status": status,
+                    "error": message,
+                });
+                println!("SWARM_SUMMARY {line}");
+            }
+            return Err(message);
+        }
+    };
     if let (Some(acc), Some(lost)) = (s.final_test_accuracy, &s.lost_ranks) {
         println!(
             "swarm over tcp on {} ranks: final test accuracy {:.2}% (averaged model of {} ranks), lost ranks {:?}; outputs in {}",

@@ -77,6 +77,11 @@ fn stop_flag() -> Arc<AtomicBool> {
     .clone()
 }
 
+/// Whether this process was asked to stop (SIGINT or SIGTERM).
+pub fn interrupted() -> bool {
+    stop_flag().load(Ordering::Relaxed)
+}
+
 /// The checkpoint file of `rank` in run directory `out`.
 pub fn rank_checkpoint(out: &Path, rank: usize) -> PathBuf {
     out.join(format!("rank-{rank}"))

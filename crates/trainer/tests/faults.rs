@@ -320,7 +320,10 @@ fn sigterm_stops_a_rank_cleanly_with_a_checkpoint() {
         ],
     );
     job.start_all();
-    job.wait_for(1, 0, "epoch   2/40", Duration::from_secs(120));
+    // Past epoch 3's log line, each rank has saved its epoch-2 checkpoint.
+    for r in 0..2 {
+        job.wait_for(r, 0, "epoch   3/40", Duration::from_secs(120));
+    }
     for r in 0..2 {
         let pid = job.children[r].as_ref().unwrap().id();
         let sent = Command::new("kill")
@@ -338,6 +341,9 @@ fn sigterm_stops_a_rank_cleanly_with_a_checkpoint() {
     for r in 0..2 {
         let err = std::fs::read_to_string(job.stderr_path(r, 0)).unwrap();
         assert!(err.contains("interrupted"), "{err}");
+        let summary = job.summary(r, 0);
+        assert_eq!(summary["status"], "interrupted", "{summary}");
+        assert_eq!(summary["rank"], r);
         assert!(!err.contains("panicked"), "{err}");
         let ck = job
             .out
