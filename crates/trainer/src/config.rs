@@ -155,6 +155,8 @@ pub struct TrainConfig {
     pub resume: Option<PathBuf>,
     /// Where the models compute: cpu, or cuda:K (needs a CUDA libtorch and a GPU).
     pub device: String,
+    /// Also evaluate node 0's model every this many of its local steps (`evals.csv`).
+    pub eval_every: Option<usize>,
     /// Where the nodes run: `inproc` (threads of this process), `tcp` (this process is one rank
     /// of a multi-process job started by tools/launcher, Slurm or MPI).
     pub transport: String,
@@ -194,6 +196,7 @@ impl Default for TrainConfig {
             checkpoint_every: None,
             resume: None,
             device: "cpu".into(),
+            eval_every: None,
             transport: "inproc".into(),
             peer_timeout: 30.0,
             max_peer_distance: Some(1000.0),
@@ -283,6 +286,10 @@ pub struct TrainArgs {
     /// Where the models compute: cpu or cuda:K [default: cpu].
     #[arg(long)]
     pub device: Option<String>,
+    /// Also evaluate node 0's model every this many of its local steps, without pausing the
+    /// nodes; rows go to evals.csv [default: only the averaged model at each epoch's end].
+    #[arg(long)]
+    pub eval_every: Option<usize>,
     /// Where the nodes run: inproc (threads of this process) or tcp (one rank of a job started by
     /// tools/launcher, Slurm or MPI; RANK/WORLD_SIZE/... from the environment) [default: inproc].
     #[arg(long)]
@@ -477,6 +484,9 @@ impl TrainArgs {
         if let Some(d) = &self.device {
             cfg.device = d.clone();
         }
+        if self.eval_every.is_some() {
+            cfg.eval_every = self.eval_every;
+        }
         if self.data.is_some() {
             cfg.data = self.data.clone();
         }
@@ -615,6 +625,9 @@ impl TrainConfig {
             return Err(cfg("checkpoint_every must be at least 1 (epochs)".into()));
         }
         check_device(&self.device).map_err(cfg)?;
+        if self.eval_every == Some(0) {
+            return Err(cfg("eval_every must be at least 1 (local steps)".into()));
+        }
         let sgd = crate::model::SgdConfig {
             momentum: self.momentum,
             weight_decay: self.weight_decay,

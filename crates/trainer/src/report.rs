@@ -39,6 +39,16 @@ pub fn write_outputs(
         .map_err(|e| io("model.safetensors", &e))
 }
 
+/// Writes `evals.csv`: node 0's test loss and accuracy after every `--eval-every` local steps.
+pub fn write_step_evals(out: &Path, evals: &[(usize, f64, f64)]) -> Result<(), TrainError> {
+    let mut csv = String::from("step,node,test_loss,test_accuracy\n");
+    for (step, loss, acc) in evals {
+        csv.push_str(&format!("{step},0,{loss:.6},{acc:.6}\n"));
+    }
+    std::fs::write(out.join("evals.csv"), csv)
+        .map_err(|e| TrainError::Output(format!("cannot write {}/evals.csv: {e}", out.display())))
+}
+
 /// Writes the averaged `model` as safetensors: each parameter by its PyTorch name and shape (so
 /// `module.load_state_dict(safetensors.torch.load_file(path))` loads it), with string metadata
 /// `format` (`swarm-model`), `algo`, `model`, `nodes`, `epoch`, `step` (local steps per node),

@@ -89,6 +89,8 @@ enum NodeMsg {
     },
     /// A node failed; the run stops.
     Failed { node: usize, error: String },
+    /// Node 0's model after `step` local steps (`--eval-every`), sent without pausing.
+    Probe { step: usize, params: Vec<f32> },
 }
 
 /// Everything a node thread needs.
@@ -114,6 +116,7 @@ struct Shared {
     /// Each node's checkpoint when resuming, else empty.
     resume: Vec<crate::checkpoint::NodeCheckpoint>,
     checkpoint_every: Option<usize>,
+    eval_every: Option<usize>,
 }
 
 impl Shared {
@@ -198,6 +201,7 @@ pub fn train_accounted(
         start_epoch,
         resume,
         checkpoint_every: cfg.raw.checkpoint_every,
+        eval_every: cfg.raw.eval_every,
     });
     let (tx, rx) = mpsc::channel();
     let training_started = Instant::now();
@@ -219,6 +223,7 @@ pub fn train_accounted(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut rows = Vec::new();
+    let mut step_evals = Vec::new();
     let mut accounts = Vec::new();
     let mut eval_seconds = 0.0;
     let mut last = None;
@@ -251,6 +256,20 @@ pub fn train_accounted(
                     failure.get_or_insert(format!("node {node}: {error}"));
                     shared.abort.store(true, Ordering::Relaxed);
                     received += 1;
+                }
+                Ok(NodeMsg::Probe { step, params }) => {
+                    let t = Instant::now();
+                    if eval_model.load(&params).is_ok() {
+                        let (test_loss, test_accuracy) = eval_model.evaluate(&data.test);
+                        bar.suspend(|| {
+                            eprintln!(
+                                "step {step:>6}  node 0  test loss {test_loss:.4}  test acc {:.2}%",
+                                100.0 * test_accuracy
+                            )
+                        });
+                        step_evals.push((step, test_loss, test_accuracy));
+                    }
+                    eval_seconds += t.elapsed().as_secs_f64();
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -379,6 +398,9 @@ pub fn train_accounted(
         config: cfg.raw.clone(),
     };
     crate::report::write_outputs(&cfg.raw.out, &rows, &summary, &eval_model)?;
+    if !step_evals.is_empty() {
+        crate::report::write_step_evals(&cfg.raw.out, &step_evals)?;
+    }
     crate::netmodel::write_accounting(&cfg.raw.out, cfg.raw.algo, &accounts)?;
     Ok((summary, accounts))
 }
@@ -503,6 +525,12 @@ fn node_loop(
                     loss_sum += loss;
                     steps += 1;
                     shared.steps_done.fetch_add(1, Ordering::Relaxed);
+                    if node == 0 && shared.eval_every.is_some_and(|k| step % k == 0) {
+                        let _ = tx.send(NodeMsg::Probe {
+                            step,
+                            params: model.params(),
+                        });
+                    }
                 }
                 Err(e) => {
                     failed = Some(e.to_string());

@@ -109,9 +109,20 @@ fn resumed_swarm_run_continues_from_its_loss_and_refuses_mismatches() {
         lr: Some(0.1),
         lr_schedule: Some("constant".into()),
         checkpoint_every: Some(2),
+        eval_every: Some(9),
         ..args(&first)
     });
     let before = metrics(&first);
+    let eval_steps = |out: &Path| -> Vec<usize> {
+        std::fs::read_to_string(out.join("evals.csv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    // 2000 / (3 * 25) = 27 steps per epoch: node 0 is evaluated after steps 9, 18, ..., 54.
+    assert_eq!(eval_steps(&first), vec![9, 18, 27, 36, 45, 54]);
     // Only --epochs, --out and --resume: every other setting comes from the checkpoint.
     let s = run(TrainArgs {
         epochs: Some(3),
@@ -133,7 +144,9 @@ fn resumed_swarm_run_continues_from_its_loss_and_refuses_mismatches() {
         loss(&before[1]),
         loss(&after[0])
     );
-    // 2000 / (3 * 25) = 27 steps per epoch; the resumed run's checkpoint counts all 3 epochs.
+    // The resumed run's step counter goes on from 54: evaluations after steps 63, 72, 81, and
+    // its checkpoint counts all 3 epochs.
+    assert_eq!(eval_steps(&second), vec![63, 72, 81]);
     let ck = checkpoint::load(&checkpoint::node_file(
         &second.join("checkpoints/epoch-0003"),
         2,
