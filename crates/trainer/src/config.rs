@@ -157,8 +157,8 @@ pub struct TrainConfig {
     pub device: String,
     /// Also evaluate node 0's model every this many of its local steps (`evals.csv`).
     pub eval_every: Option<usize>,
-    /// Where the nodes run: `inproc` (threads of this process), `tcp` (this process is one rank
-    /// of a multi-process job started by tools/launcher, Slurm or MPI).
+    /// Where the nodes run: `inproc` (threads of this process), `tcp` or `rdma` (this process is
+    /// one rank of a multi-process job started by tools/launcher, Slurm or MPI).
     pub transport: String,
     /// Seconds after which an unresponsive peer (or rank, for rank 0's final gathering) counts as
     /// lost (multi-process runs).
@@ -290,8 +290,9 @@ pub struct TrainArgs {
     /// nodes; rows go to evals.csv [default: only the averaged model at each epoch's end].
     #[arg(long)]
     pub eval_every: Option<usize>,
-    /// Where the nodes run: inproc (threads of this process) or tcp (one rank of a job started by
-    /// tools/launcher, Slurm or MPI; RANK/WORLD_SIZE/... from the environment) [default: inproc].
+    /// Where the nodes run: inproc (threads of this process), tcp or rdma (one rank of a job
+    /// started by tools/launcher, Slurm or MPI; RANK/WORLD_SIZE/... from the environment; rdma
+    /// picks its device from SWARM_RDMA_DEVICE / SWARM_RDMA_IP) [default: inproc].
     #[arg(long)]
     pub transport: Option<String>,
     /// Seconds after which an unresponsive peer counts as lost (multi-process runs) [default: 30].
@@ -554,10 +555,10 @@ impl TrainConfig {
         if self.nodes == 0 {
             return Err(cfg("nodes must be at least 1".into()));
         }
-        if !["inproc", "tcp"].contains(&self.transport.as_str()) {
+        if !["inproc", "tcp", "rdma"].contains(&self.transport.as_str()) {
             return Err(cfg(format!(
-                "transport '{}' is not inproc or tcp (tcp runs one node per process, started by \
-                 tools/launcher)",
+                "transport '{}' is not inproc, tcp or rdma (tcp and rdma run one node per \
+                 process, started by tools/launcher)",
                 self.transport
             )));
         }

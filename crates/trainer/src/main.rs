@@ -23,10 +23,20 @@ enum Command {
     /// Communication graphs: generate, analyse, export; hardware locality.
     #[command(subcommand)]
     Topo(TopoCommand),
+    /// Measure the network: `bench rdma` (READ/WRITE bandwidth, 8-byte READ latency on this
+    /// host's RDMA device, loopback between two queue pairs).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Large-n study in the simulator: spread of the models by topology, H and codec (CSV + PNG).
     Sim(Box<trainer::simstudy::SimArgs>),
     /// Run a matrix of trainings from an experiment file: results.csv, a Markdown report, plots.
     Experiment(Box<trainer::experiment::ExperimentArgs>),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// One-sided READ and WRITE bandwidth (64 KiB to 4 MiB) and 8-byte READ latency.
+    Rdma(Box<rdma_transport::bench::BenchArgs>),
 }
 
 #[derive(Subcommand)]
@@ -117,7 +127,8 @@ fn train_rank(cfg: &trainer::config::Resolved) -> Result<(), String> {
     };
     if let (Some(acc), Some(lost)) = (s.final_test_accuracy, &s.lost_ranks) {
         println!(
-            "swarm over tcp on {} ranks: final test accuracy {:.2}% (averaged model of {} ranks), lost ranks {:?}; outputs in {}",
+            "swarm over {} on {} ranks: final test accuracy {:.2}% (averaged model of {} ranks), lost ranks {:?}; outputs in {}",
+            cfg.raw.transport,
             s.world_size,
             100.0 * acc,
             s.world_size - lost.len(),
@@ -150,6 +161,9 @@ fn main() -> ExitCode {
         }).map_err(|e| e.to_string()),
         },
         Command::Topo(cmd) => topo(cmd),
+        Command::Bench(BenchCommand::Rdma(args)) => rdma_transport::bench::run(&args)
+            .map(|report| print!("{report}"))
+            .map_err(|e| format!("bench rdma: {e}")),
         Command::Experiment(args) => trainer::experiment::run(&args)
             .map(|r| println!("experiment: {} runs; results in {}", r.len(), args.file.display()))
             .map_err(|e| e.to_string()),

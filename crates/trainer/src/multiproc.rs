@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdma_transport::{RdmaConfig, RdmaEndpoint};
 use rendezvous::{Client, JobEnv, StoreConfig, StoreServer};
 use serde::Serialize;
-use swarm_core::{NodeStats, SwarmNode};
+use swarm_core::{Completion, NodeId, NodeStats, OpId, SwarmNode, Transport, TransportError};
 use tcp_transport::{TcpConfig, TcpEndpoint};
 
 use crate::config::{Algo, Resolved};
@@ -210,37 +211,26 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
     // The endpoint, published under endpoint/RANK (a restarted rank overwrites its old address).
     let probe_len = cfg.quant.encoded_len(dim);
     let capacity = probe_len.div_ceil(8) * 8 + 4 * dim + 64;
-    let tcp_config = TcpConfig {
-        connect_timeout: Duration::from_secs(3).min(peer_timeout),
-        io_timeout: peer_timeout,
-        ..TcpConfig::default()
-    };
-    let bind = SocketAddr::new(local_ip(&job)?, 0);
-    let mut endpoint = TcpEndpoint::bind_with(rank, bind, capacity, job.auth.clone(), tcp_config)
-        .map_err(|e| TrainError::Node(e.to_string()))?;
-    let my_addr = endpoint.local_addr().to_string();
-    store
-        .set(&format!("endpoint/{rank}"), my_addr.as_bytes())
-        .map_err(store_error)?;
     let mut known: Vec<(usize, String)> = Vec::with_capacity(neighbours.len());
-    for &peer in &neighbours {
-        let addr = store
-            .get(&format!("endpoint/{peer}"), store_wait(peer_timeout))
-            .map_err(store_error)?;
-        known.push((peer, String::from_utf8_lossy(&addr).into_owned()));
-    }
-    let peers: Vec<(usize, SocketAddr)> = known
-        .iter()
-        .map(|(p, a)| {
-            a.parse()
-                .map(|addr| (*p, addr))
-                .map_err(|_| TrainError::Node(format!("rank {p} published a bad address {a:?}")))
-        })
-        .collect::<Result<_, _>>()?;
-    endpoint
-        .connect_peers(&peers)
-        .map_err(|e| TrainError::Node(e.to_string()))?;
-
+    let endpoint = if cfg.raw.transport == "rdma" {
+        NodeEndpoint::Rdma(Box::new(connect_rdma(
+            rank,
+            &neighbours,
+            capacity,
+            &mut store,
+            peer_timeout,
+        )?))
+    } else {
+        NodeEndpoint::Tcp(Box::new(connect_tcp(
+            &job,
+            &neighbours,
+            capacity,
+            &mut store,
+            peer_timeout,
+            &mut known,
+        )?))
+    };
+    let my_addr = endpoint.describe();
     let codec = cfg
         .quant
         .build(cfg.raw.seed)
@@ -518,7 +508,7 @@ fn save_checkpoint(
 /// connect to the new address and contact it again. Returns how many came back.
 fn readmit_restarted(
     rank: usize,
-    swarm: &mut SwarmNode<TcpEndpoint>,
+    swarm: &mut SwarmNode<NodeEndpoint>,
     store: &mut Client,
     known: &mut [(usize, String)],
 ) -> u64 {
@@ -538,7 +528,10 @@ fn readmit_restarted(
         let Ok(sock) = addr.parse::<SocketAddr>() else {
             continue;
         };
-        if swarm.transport_mut().connect_peers(&[(peer, sock)]).is_ok() {
+        let NodeEndpoint::Tcp(tcp) = swarm.transport_mut() else {
+            return back; // RDMA queue pairs are not re-created for a restarted rank
+        };
+        if tcp.connect_peers(&[(peer, sock)]).is_ok() {
             swarm.readmit(peer);
             eprintln!("rank {rank}: rank {peer} is back at {addr}; averaging with it again");
             entry.1 = addr;
@@ -633,4 +626,176 @@ pub fn any_rank_checkpoint(dir: &Path) -> Option<PathBuf> {
         .collect();
     ranks.sort();
     ranks.into_iter().next().map(|(_, p)| p)
+}
+
+/// Binds this rank's TCP endpoint, publishes its address under `endpoint/RANK` (a restarted rank
+/// overwrites its old one) and connects to the neighbours' addresses, remembered in `known`.
+fn connect_tcp(
+    job: &JobEnv,
+    neighbours: &[usize],
+    capacity: usize,
+    store: &mut Client,
+    peer_timeout: Duration,
+    known: &mut Vec<(usize, String)>,
+) -> Result<TcpEndpoint, TrainError> {
+    let rank = job.rank;
+    let tcp_config = TcpConfig {
+        connect_timeout: Duration::from_secs(3).min(peer_timeout),
+        io_timeout: peer_timeout,
+        ..TcpConfig::default()
+    };
+    let bind = SocketAddr::new(local_ip(job)?, 0);
+    let mut endpoint = TcpEndpoint::bind_with(rank, bind, capacity, job.auth.clone(), tcp_config)
+        .map_err(|e| TrainError::Node(e.to_string()))?;
+    let my_addr = endpoint.local_addr().to_string();
+    store
+        .set(&format!("endpoint/{rank}"), my_addr.as_bytes())
+        .map_err(store_error)?;
+    for &peer in neighbours {
+        let addr = store
+            .get(&format!("endpoint/{peer}"), store_wait(peer_timeout))
+            .map_err(store_error)?;
+        known.push((peer, String::from_utf8_lossy(&addr).into_owned()));
+    }
+    let peers: Vec<(usize, SocketAddr)> = known
+        .iter()
+        .map(|(p, a)| {
+            a.parse()
+                .map(|addr| (*p, addr))
+                .map_err(|_| TrainError::Node(format!("rank {p} published a bad address {a:?}")))
+        })
+        .collect::<Result<_, _>>()?;
+    endpoint
+        .connect_peers(&peers)
+        .map_err(|e| TrainError::Node(e.to_string()))?;
+    Ok(endpoint)
+}
+
+/// Opens the RDMA device (`SWARM_RDMA_DEVICE`, `SWARM_RDMA_IP`, `SWARM_RDMA_GID_INDEX`), registers
+/// the window, exchanges endpoint records through the store under `rdma/RANK`, connects the queue
+/// pairs, and waits until every neighbour has connected too (`rdma-connected/RANK`).
+fn connect_rdma(
+    rank: usize,
+    neighbours: &[usize],
+    capacity: usize,
+    store: &mut Client,
+    peer_timeout: Duration,
+) -> Result<RdmaEndpoint, TrainError> {
+    let rdma_error = |e: rdma_transport::RdmaError| TrainError::Node(format!("rdma: {e}"));
+    let mut config = RdmaConfig::from_env().map_err(rdma_error)?;
+    config.op_timeout = peer_timeout;
+    let mut endpoint =
+        RdmaEndpoint::new(rank, neighbours, capacity, &config).map_err(rdma_error)?;
+    store
+        .set(&format!("rdma/{rank}"), &endpoint.record())
+        .map_err(store_error)?;
+    let mut records = Vec::with_capacity(neighbours.len());
+    for &peer in neighbours {
+        records.push(
+            store
+                .get(&format!("rdma/{peer}"), store_wait(peer_timeout))
+                .map_err(store_error)?,
+        );
+    }
+    endpoint.connect(&records).map_err(rdma_error)?;
+    store
+        .set(&format!("rdma-connected/{rank}"), b"1")
+        .map_err(store_error)?;
+    for &peer in neighbours {
+        store
+            .get(&format!("rdma-connected/{peer}"), store_wait(peer_timeout))
+            .map_err(store_error)?;
+    }
+    Ok(endpoint)
+}
+
+/// The network a rank's node uses.
+pub enum NodeEndpoint {
+    /// Portable TCP.
+    Tcp(Box<TcpEndpoint>),
+    /// One-sided RDMA verbs.
+    Rdma(Box<RdmaEndpoint>),
+}
+
+impl NodeEndpoint {
+    fn describe(&self) -> String {
+        match self {
+            NodeEndpoint::Tcp(t) => t.local_addr().to_string(),
+            NodeEndpoint::Rdma(r) => format!("rdma device {:?}", r.device().name()),
+        }
+    }
+}
+
+impl Transport for NodeEndpoint {
+    fn node(&self) -> NodeId {
+        match self {
+            NodeEndpoint::Tcp(t) => t.node(),
+            NodeEndpoint::Rdma(r) => r.node(),
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        match self {
+            NodeEndpoint::Tcp(t) => t.capacity(),
+            NodeEndpoint::Rdma(r) => r.capacity(),
+        }
+    }
+
+    fn publish(&mut self, payload: &[u8]) -> Result<(), TransportError> {
+        match self {
+            NodeEndpoint::Tcp(t) => t.publish(payload),
+            NodeEndpoint::Rdma(r) => r.publish(payload),
+        }
+    }
+
+    fn start_read(
+        &mut self,
+        peer: NodeId,
+        offset: usize,
+        len: usize,
+        buf: Vec<u8>,
+    ) -> Result<OpId, TransportError> {
+        match self {
+            NodeEndpoint::Tcp(t) => t.start_read(peer, offset, len, buf),
+            NodeEndpoint::Rdma(r) => r.start_read(peer, offset, len, buf),
+        }
+    }
+
+    fn start_write(&mut self, peer: NodeId, payload: &[u8]) -> Result<OpId, TransportError> {
+        match self {
+            NodeEndpoint::Tcp(t) => t.start_write(peer, payload),
+            NodeEndpoint::Rdma(r) => r.start_write(peer, payload),
+        }
+    }
+
+    fn poll(&mut self) -> Option<Completion> {
+        match self {
+            NodeEndpoint::Tcp(t) => t.poll(),
+            NodeEndpoint::Rdma(r) => r.poll(),
+        }
+    }
+
+    fn slot_free_at(&mut self, peer: NodeId) -> Result<bool, TransportError> {
+        match self {
+            NodeEndpoint::Tcp(t) => t.slot_free_at(peer),
+            NodeEndpoint::Rdma(r) => r.slot_free_at(peer),
+        }
+    }
+
+    fn take_inbox(
+        &mut self,
+        visit: &mut dyn FnMut(NodeId, &[u8]),
+    ) -> Result<usize, TransportError> {
+        match self {
+            NodeEndpoint::Tcp(t) => t.take_inbox(visit),
+            NodeEndpoint::Rdma(r) => r.take_inbox(visit),
+        }
+    }
+
+    fn release_inbox(&mut self) -> Result<(), TransportError> {
+        match self {
+            NodeEndpoint::Tcp(t) => t.release_inbox(),
+            NodeEndpoint::Rdma(r) => r.release_inbox(),
+        }
+    }
 }

@@ -36,7 +36,7 @@ impl Job {
             .unwrap()
             .as_nanos();
         let secret: String = (0..32)
-            .map(|i| format!("{:02x}", (nanos >> (i % 16 * 4)) as u8 ^ (i as u8 * 37)))
+            .map(|i: u8| format!("{:02x}", (nanos >> (i % 16 * 4)) as u8 ^ i.wrapping_mul(37)))
             .collect();
         Job {
             n,
