@@ -231,32 +231,7 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
         )?))
     };
     let my_addr = endpoint.describe();
-    let codec = cfg
-        .quant
-        .build(cfg.raw.seed)
-        .map_err(|e| TrainError::Config(format!("quant: {e}")))?;
-    let mut swarm = SwarmNode::new(
-        endpoint,
-        neighbours.clone(),
-        dim,
-        cfg.interaction,
-        cfg.local_steps,
-        codec,
-        cfg.raw.seed,
-    )
-    .map_err(|e| TrainError::Config(e.to_string()))?;
-    if let Some(limit) = cfg.raw.max_peer_distance {
-        swarm = swarm.with_max_peer_distance(limit);
-    }
-    if cfg.quant.to_string() != "none" {
-        let correction_codec = cfg
-            .quant
-            .build(cfg.raw.seed ^ 0xC0EE)
-            .map_err(|e| TrainError::Config(format!("quant: {e}")))?;
-        swarm = swarm
-            .with_correction_codec(correction_codec)
-            .map_err(|e| TrainError::Config(e.to_string()))?;
-    }
+    let mut swarm = crate::train::swarm_node(cfg, endpoint, neighbours.clone(), dim)?;
     model.with_params_mut(|p| swarm.publish(p))?;
     eprintln!(
         "rank {rank}/{n}: {} on {my_addr}, neighbours {neighbours:?}, {} ({dim} parameters), {steps_per_epoch} steps per epoch",

@@ -567,6 +567,41 @@ fn node_loop(
     }
 }
 
+/// Node `endpoint`'s SwarmSGD state as configured: schedule, codec, distance limit, and for
+/// quantized runs the same codec for pairwise corrections (in-process and multi-process alike).
+pub(crate) fn swarm_node<T: swarm_core::Transport>(
+    cfg: &Resolved,
+    endpoint: T,
+    neighbours: Vec<usize>,
+    dim: usize,
+) -> Result<SwarmNode<T>, TrainError> {
+    let quant_error = |e: quant::QuantError| TrainError::Config(format!("quant: {e}"));
+    let codec = cfg.quant.build(cfg.raw.seed).map_err(quant_error)?;
+    let mut swarm = SwarmNode::new(
+        endpoint,
+        neighbours,
+        dim,
+        cfg.interaction,
+        cfg.local_steps,
+        codec,
+        cfg.raw.seed,
+    )
+    .map_err(|e| TrainError::Config(e.to_string()))?;
+    if let Some(limit) = cfg.raw.max_peer_distance {
+        swarm = swarm.with_max_peer_distance(limit);
+    }
+    if cfg.quant.to_string() != "none" {
+        let correction_codec = cfg
+            .quant
+            .build(cfg.raw.seed ^ 0xC0EE)
+            .map_err(quant_error)?;
+        swarm = swarm
+            .with_correction_codec(correction_codec)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+    }
+    Ok(swarm)
+}
+
 fn spawn_swarm(
     cfg: &Resolved,
     shared: &Arc<Shared>,
@@ -580,39 +615,10 @@ fn spawn_swarm(
         .map_err(|e| TrainError::Node(e.to_string()))?;
     let mut handles = Vec::new();
     for (i, list) in neighbours.iter().enumerate() {
-        let codec = cfg
-            .quant
-            .build(cfg.raw.seed)
-            .map_err(|e| TrainError::Config(format!("quant: {e}")))?;
         let endpoint = fabric
             .endpoint(i)
             .map_err(|e| TrainError::Node(e.to_string()))?;
-        let swarm = SwarmNode::new(
-            endpoint,
-            list.clone(),
-            dim,
-            cfg.interaction,
-            cfg.local_steps,
-            codec,
-            cfg.raw.seed,
-        )
-        .map_err(|e| TrainError::Config(e.to_string()))?;
-        let swarm = match cfg.raw.max_peer_distance {
-            Some(limit) => swarm.with_max_peer_distance(limit),
-            None => swarm,
-        };
-        // Pairwise corrections travel with the same codec as the models (quantized runs only).
-        let swarm = if cfg.quant.to_string() == "none" {
-            swarm
-        } else {
-            let correction_codec = cfg
-                .quant
-                .build(cfg.raw.seed ^ 0xC0EE)
-                .map_err(|e| TrainError::Config(format!("quant: {e}")))?;
-            swarm
-                .with_correction_codec(correction_codec)
-                .map_err(|e| TrainError::Config(e.to_string()))?
-        };
+        let swarm = swarm_node(cfg, endpoint, list.clone(), dim)?;
         // Built here, not in the thread: a failure stops the run before any node waits on a barrier.
         let mut model = shared.new_model(i)?;
         let mut swarm = swarm;
