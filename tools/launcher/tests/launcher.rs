@@ -331,7 +331,8 @@ fn timeout_and_kill_on_failure_stop_the_job() {
 
 #[test]
 fn leftovers_of_a_finished_rank_are_stopped() {
-    // The rank exits at once but leaves a child that ignores SIGTERM and holds its stdout.
+    // The rank exits but leaves a child that ignores SIGTERM and holds its stdout (the rank waits
+    // 0.3 s first, so that the child has set its trap before the launcher signals the group).
     let dir = tempfile::tempdir().unwrap();
     let summary = dir.path().join("s.json");
     let start = Instant::now();
@@ -348,7 +349,7 @@ fn leftovers_of_a_finished_rank_are_stopped() {
         "--",
         "sh",
         "-c",
-        r#"(trap '' TERM; exec sleep 100) & echo "pid $!"; echo "SWARM_SUMMARY {\"rank\": 0, \"world_size\": 1, \"status\": \"ok\"}""#,
+        r#"(trap '' TERM; exec sleep 100) & echo "pid $!"; sleep 0.3; echo "SWARM_SUMMARY {\"rank\": 0, \"world_size\": 1, \"status\": \"ok\"}""#,
     ]);
     let secs = start.elapsed().as_secs_f64();
     let stdout = text(&out.stdout);
