@@ -104,7 +104,18 @@ pub fn line_chart(path: &Path, chart: &Chart<'_>, series: &[Series]) -> Result<(
     macro_rules! draw {
         ($x:expr, $y:expr) => {{
             let mut ctx = builder.build_cartesian_2d($x, $y).map_err(|e| err(&e))?;
+            // Long numbers (bits, on log axes) in short scientific notation, so labels never overlap.
+            let short = |v: &f64| {
+                if v.abs() >= 1e4 {
+                    format!("{v:.0e}")
+                } else {
+                    format!("{v}")
+                }
+            };
             ctx.configure_mesh()
+                .x_labels(8)
+                .x_label_formatter(&short)
+                .y_label_formatter(&short)
                 .x_desc(chart.x_label)
                 .y_desc(chart.y_label)
                 .label_style(("sans-serif", 15))
