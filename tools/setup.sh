@@ -10,7 +10,8 @@ TORCH_VERSION=2.13.0
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-apt_packages=(build-essential pkg-config libhwloc-dev libudev-dev dataset-fashion-mnist unzip python3-pip)
+apt_packages=(build-essential pkg-config libhwloc-dev libudev-dev dataset-fashion-mnist unzip python3-pip
+  libfontconfig1-dev libfreetype-dev fonts-dejavu-core)  # the last three: PNG plots (plotters)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
