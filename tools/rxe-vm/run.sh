@@ -128,6 +128,8 @@ for d in /tmp /var/tmp /var/log; do [ -d \$d ] && mount -t tmpfs tmpfs \$d; done
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
+# The checkout may live under a directory just covered by a tmpfs (a clone in /tmp): recreate it.
+mkdir -p "$repo"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=mmap repo "$repo"
 hostname rxe-vm
 ip link set lo up
