@@ -209,8 +209,7 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
     }
 
     // The endpoint, published under endpoint/RANK (a restarted rank overwrites its old address).
-    let probe_len = cfg.quant.encoded_len(dim);
-    let capacity = probe_len.div_ceil(8) * 8 + 4 * dim + 64;
+    let capacity = crate::train::window_capacity(cfg, dim);
     let mut known: Vec<(usize, String)> = Vec::with_capacity(neighbours.len());
     let endpoint = if cfg.raw.transport == "rdma" {
         NodeEndpoint::Rdma(Box::new(connect_rdma(
@@ -366,9 +365,10 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
         lost_ranks: None,
     };
     let published = store.set(&format!("final/{rank}"), &value);
+    // How long to wait for the other ranks at the end: stragglers may take twice our training time.
+    let patience = peer_timeout + Duration::from_secs_f64(2.0 * train_seconds + 10.0);
     if rank == 0 {
         published.map_err(store_error)?;
-        let patience = peer_timeout + Duration::from_secs_f64(2.0 * train_seconds + 10.0);
         let gathered = gather_finals(&mut store, n, dim, peer_timeout, patience, &stop)?;
         let lost: Vec<usize> = (0..n).filter(|r| gathered[*r].is_none()).collect();
         if !lost.is_empty() {
@@ -426,7 +426,6 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
         match published {
             Ok(()) => {
                 // Serve stragglers' reads until rank 0 has every model; then leave.
-                let patience = peer_timeout + Duration::from_secs_f64(2.0 * train_seconds + 10.0);
                 if let Err(e) = store.get("done", patience) {
                     eprintln!("rank {rank}: rank 0 did not finish ({e}); leaving");
                 }

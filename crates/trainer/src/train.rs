@@ -567,6 +567,12 @@ fn node_loop(
     }
 }
 
+/// Bytes a node's window holds for a model of `dim` parameters: the encoded model padded to 8,
+/// the full-precision fallback copy, and slack.
+pub(crate) fn window_capacity(cfg: &Resolved, dim: usize) -> usize {
+    cfg.quant.encoded_len(dim).div_ceil(8) * 8 + 4 * dim + 64
+}
+
 /// Node `endpoint`'s SwarmSGD state as configured: schedule, codec, distance limit, and for
 /// quantized runs the same codec for pairwise corrections (in-process and multi-process alike).
 pub(crate) fn swarm_node<T: swarm_core::Transport>(
@@ -609,8 +615,7 @@ fn spawn_swarm(
     dim: usize,
     tx: &mpsc::Sender<NodeMsg>,
 ) -> Result<Vec<std::thread::JoinHandle<()>>, TrainError> {
-    let probe_len = cfg.quant.encoded_len(dim);
-    let capacity = probe_len.div_ceil(8) * 8 + 4 * dim + 64;
+    let capacity = window_capacity(cfg, dim);
     let fabric = InProcessFabric::new(neighbours.to_vec(), capacity)
         .map_err(|e| TrainError::Node(e.to_string()))?;
     let mut handles = Vec::new();
