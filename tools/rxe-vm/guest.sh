@@ -21,13 +21,6 @@ for bin in $RXE_TEST_BINS; do
     SWARM_RDMA_DEV_A=rxe0 SWARM_RDMA_IP_A=127.0.0.1 SWARM_RDMA_DEV_B=rxe0 SWARM_RDMA_IP_B=127.0.0.1 \
       step "one device (rxe0 on lo): $t" "${RXE_TEST_TIMEOUT:-240}" "$bin" "$t" --exact --nocapture --test-threads=1
     [ -n "${RXE_ONE_DEVICE_ONLY:-}" ] && continue
-    # Known problem, not hidden: on rxeA/rxeB over veth a stream of back-to-back 1 MiB READs
-    # stalls (no completion, no retry error, 120 s) on the Debian 6.1 kernel's rxe; the same test
-    # passes on one device. Skipped on two devices until understood (see the crate README).
-    if [[ $t == concurrent_publisher* ]]; then
-      echo "=== two devices: $t SKIPPED (known rxe-over-veth READ stall, see crates/rdma-transport/README.md)"
-      continue
-    fi
     SWARM_RDMA_DEV_A=rxeA SWARM_RDMA_IP_A=192.0.2.1 SWARM_RDMA_DEV_B=rxeB SWARM_RDMA_IP_B=192.0.2.2 \
       step "two devices (rxeA/rxeB over veth): $t" "${RXE_TEST_TIMEOUT:-240}" "$bin" "$t" --exact --nocapture --test-threads=1
   done

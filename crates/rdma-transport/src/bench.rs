@@ -33,8 +33,8 @@ pub struct BenchArgs {
     /// MiB moved per size and direction.
     #[arg(long, default_value_t = 64)]
     pub mib: usize,
-    /// Requests kept in flight for the bandwidth runs.
-    #[arg(long, default_value_t = 16)]
+    /// Requests kept in flight for the bandwidth runs (perftest's default TX depth is 128).
+    #[arg(long, default_value_t = 128)]
     pub depth: usize,
     /// 8-byte READs timed one at a time for the latency run.
     #[arg(long, default_value_t = 1000)]
@@ -49,7 +49,7 @@ impl Default for BenchArgs {
             gid_index: None,
             sizes: vec![65536, 1 << 20, 4 << 20],
             mib: 64,
-            depth: 16,
+            depth: 128,
             lat_iters: 1000,
         }
     }

@@ -9,7 +9,7 @@ use swarm_core::{Completion, NodeId, OpId, ReadOutcome, Transport, TransportErro
 
 use crate::record::{EndpointRecord, SLOT_HEADER};
 use crate::verbs::{self, Access, Cq, Device, Op, Qp, Region, RemoteBuf, Wc, Wr};
-use crate::{RdmaConfig, RdmaError};
+use crate::{NumaPlacement, RdmaConfig, RdmaError};
 
 /// Scratch offsets (in each peer's scratch region).
 const S_SEQ: usize = 0; // seqlock word read before the payload
@@ -186,7 +186,19 @@ impl RdmaEndpoint {
                 "chunk, max_chunks and read_attempts must be positive".into(),
             ));
         }
-        let dev = Device::open(&cfg.device)?;
+        let mut dev = Device::open(&cfg.device)?;
+        match &cfg.numa {
+            NumaPlacement::Default => {}
+            NumaPlacement::Nodes(nodes) => dev.place_regions_on(nodes.clone(), true),
+            NumaPlacement::NearDevice => match topology::hw::numa_nodes_near(dev.name()) {
+                Ok(Some(nodes)) => dev.place_regions_on(nodes, false),
+                Ok(None) => tracing::debug!(
+                    "{}: hwloc reports no NUMA locality; the window keeps the default policy",
+                    dev.name()
+                ),
+                Err(e) => tracing::debug!("{}: no NUMA placement ({e})", dev.name()),
+            },
+        }
         let deg = neighbours.len();
         let data_offset = round_up(16 + 8 * deg, 64);
         let published = dev.region(data_offset + capacity, Access::RemoteRead)?;
@@ -233,6 +245,25 @@ impl RdmaEndpoint {
             stats: RdmaStats::default(),
             dev,
         })
+    }
+
+    /// The NUMA nodes the window (published model and inbox) was placed on, `None` under the
+    /// default policy (see [`RdmaConfig::numa`]).
+    pub fn window_numa_nodes(&self) -> Option<Vec<usize>> {
+        self.published.numa_nodes().map(<[usize]>::to_vec)
+    }
+
+    /// What the operating system reports for the window's pages: the NUMA nodes they are bound
+    /// to, or `None` under the default policy. The published region and the inbox agree.
+    pub fn window_numa_binding(&self) -> Result<Option<Vec<usize>>, RdmaError> {
+        let published = self.published.numa_binding()?;
+        let inbox = self.inbox.numa_binding()?;
+        if published != inbox {
+            return Err(RdmaError::Config(format!(
+                "published window bound to {published:?} but the inbox to {inbox:?}"
+            )));
+        }
+        Ok(published)
     }
 
     /// This endpoint's record (postcard bytes) for its neighbours' [`connect`](Self::connect).

@@ -95,6 +95,40 @@ pub struct RdmaConfig {
     pub ack_timeout: u8,
     /// Transport retries before a request fails (at most 7).
     pub retries: u8,
+    /// Where the window's pages live.
+    pub numa: NumaPlacement,
+}
+
+/// Where an endpoint's registered window (published model and inbox) is placed in memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NumaPlacement {
+    /// On the NUMA nodes hwloc reports nearest the device, so the NIC's DMA stays local;
+    /// nothing where hwloc does not place the device (soft-RoCE, single-node machines), and a
+    /// warning if binding fails.
+    #[default]
+    NearDevice,
+    /// The operating system's default policy (first touch).
+    Default,
+    /// Bound to these NUMA nodes (OS indices); failing to bind is an error.
+    Nodes(Vec<usize>),
+}
+
+impl std::str::FromStr for NumaPlacement {
+    type Err = String;
+
+    /// `auto` (near the device), `off` (default policy) or a comma-separated node list `0,1`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "auto" | "near-device" => Ok(NumaPlacement::NearDevice),
+            "off" | "default" => Ok(NumaPlacement::Default),
+            list => list
+                .split(',')
+                .map(|n| n.trim().parse::<usize>())
+                .collect::<Result<Vec<_>, _>>()
+                .map(NumaPlacement::Nodes)
+                .map_err(|_| "expected auto, off or NUMA node indices such as 0,1".to_string()),
+        }
+    }
 }
 
 impl Default for RdmaConfig {
@@ -107,6 +141,7 @@ impl Default for RdmaConfig {
             op_timeout: Duration::from_secs(60),
             ack_timeout: 16,
             retries: 7,
+            numa: NumaPlacement::default(),
         }
     }
 }
@@ -114,7 +149,8 @@ impl Default for RdmaConfig {
 impl RdmaConfig {
     /// The default configuration with the device chosen by environment variables:
     /// `SWARM_RDMA_DEVICE` (name), `SWARM_RDMA_IP` (IPv4 address whose GID to use),
-    /// `SWARM_RDMA_GID_INDEX`, `SWARM_RDMA_PORT`.
+    /// `SWARM_RDMA_GID_INDEX`, `SWARM_RDMA_PORT`; the window's placement by `SWARM_RDMA_NUMA`
+    /// (`auto`, `off` or node indices, see [`NumaPlacement`]).
     pub fn from_env() -> Result<Self, RdmaError> {
         Self::from_vars(|k| std::env::var(k).ok())
     }
@@ -137,6 +173,9 @@ impl RdmaConfig {
         cfg.device.ipv4 = parse::<Ipv4Addr>("SWARM_RDMA_IP", var("SWARM_RDMA_IP"))?;
         cfg.device.gid_index = parse::<u8>("SWARM_RDMA_GID_INDEX", var("SWARM_RDMA_GID_INDEX"))?;
         cfg.device.port = parse::<u8>("SWARM_RDMA_PORT", var("SWARM_RDMA_PORT"))?;
+        if let Some(numa) = parse::<NumaPlacement>("SWARM_RDMA_NUMA", var("SWARM_RDMA_NUMA"))? {
+            cfg.numa = numa;
+        }
         Ok(cfg)
     }
 }

@@ -14,7 +14,7 @@
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::net::Ipv4Addr;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use sideway::ibverbs::address::{AddressHandleAttribute, Gid};
@@ -75,6 +75,16 @@ pub struct Device {
     lid: u16,
     mtu: Mtu,
     max_rd_atomic: u8,
+    numa: Option<NumaBinding>,
+}
+
+/// Where [`Device::region`] places new regions' pages.
+#[derive(Debug, Clone)]
+struct NumaBinding {
+    nodes: Vec<usize>,
+    /// A failed binding is an error (nodes the user asked for), else a warning (locality found
+    /// by hwloc, best effort).
+    strict: bool,
 }
 
 impl std::fmt::Debug for Device {
@@ -184,7 +194,18 @@ impl Device {
             lid: port_attr.lid(),
             mtu: port_attr.active_mtu(),
             max_rd_atomic,
+            numa: None,
         })
+    }
+
+    /// Places the pages of every region registered from now on on these NUMA nodes (OS indices)
+    /// before the NIC pins them. With `strict`, a failed binding fails [`Device::region`];
+    /// otherwise it is logged and the region keeps the default policy.
+    pub fn place_regions_on(&mut self, numa_nodes: Vec<usize>, strict: bool) {
+        self.numa = Some(NumaBinding {
+            nodes: numa_nodes,
+            strict,
+        });
     }
 
     /// The device's name.
@@ -221,6 +242,28 @@ impl Device {
         let raw = unsafe { alloc_zeroed(layout) };
         let ptr = NonNull::new(raw)
             .ok_or_else(|| RdmaError::Verbs(format!("out of memory allocating {size} bytes")))?;
+        let mut numa_nodes = None;
+        if let Some(binding) = &self.numa {
+            // SAFETY: `ptr` points to `size` zeroed bytes we own; atomics tolerate any later
+            // change of the memory under this shared view, which ends with this block.
+            let pages =
+                unsafe { std::slice::from_raw_parts(ptr.as_ptr() as *const AtomicU8, size) };
+            match topology::hw::bind_buffer(pages, &binding.nodes) {
+                Ok(()) => numa_nodes = Some(binding.nodes.clone()),
+                Err(e) if binding.strict => {
+                    // SAFETY: allocated above with this layout, never registered or shared.
+                    unsafe { dealloc(ptr.as_ptr(), layout) };
+                    return Err(RdmaError::Config(format!(
+                        "placing {size} bytes for {} on NUMA nodes {:?}: {e}",
+                        self.name, binding.nodes
+                    )));
+                }
+                Err(e) => tracing::warn!(
+                    "{}: window left on the default NUMA policy ({e}); set SWARM_RDMA_NUMA=off to silence",
+                    self.name
+                ),
+            }
+        }
         let flags = match access {
             Access::Local => AccessFlags::LocalWrite,
             Access::RemoteRead => AccessFlags::LocalWrite | AccessFlags::RemoteRead,
@@ -241,6 +284,7 @@ impl Device {
                 ptr,
                 layout,
                 len: size,
+                numa_nodes,
             })),
             Err(e) => {
                 // SAFETY: allocated above with this layout, never registered or shared.
@@ -329,6 +373,7 @@ pub struct Region {
     ptr: NonNull<u8>,
     layout: Layout,
     len: usize,
+    numa_nodes: Option<Vec<usize>>,
 }
 
 // SAFETY: the region is plain memory owned by this value; all CPU access goes through raw copies
@@ -369,6 +414,23 @@ impl Region {
     /// Whether the region is empty (never: regions hold at least one page).
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The NUMA nodes this region's pages were bound to, if any (see
+    /// [`Device::place_regions_on`]).
+    pub fn numa_nodes(&self) -> Option<&[usize]> {
+        self.numa_nodes.as_deref()
+    }
+
+    /// The NUMA nodes the operating system reports this region's pages bound to, or `None`
+    /// under the default policy.
+    pub fn numa_binding(&self) -> Result<Option<Vec<usize>>, RdmaError> {
+        // SAFETY: the region owns `len` bytes at `ptr` until it drops; the NIC may change them at
+        // any time, which atomics tolerate, and the view only lives for this call.
+        let pages =
+            unsafe { std::slice::from_raw_parts(self.ptr.as_ptr() as *const AtomicU8, self.len) };
+        topology::hw::buffer_binding(pages)
+            .map_err(|e| RdmaError::Config(format!("querying a region's NUMA binding: {e}")))
     }
 
     /// The address peers use in RDMA operations.

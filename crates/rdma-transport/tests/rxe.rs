@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{cfg, hear, hex, note, pattern, role, say, skip, unhex, Peer};
-use rdma_transport::RdmaEndpoint;
+use rdma_transport::{NumaPlacement, RdmaEndpoint};
 use swarm_core::{Completion, OpId, ReadOutcome, Transport, TransportError, WriteOutcome};
 
 const MIB: usize = 1 << 20;
@@ -514,4 +514,35 @@ fn verbs_atomics_fetch_add_and_compare_swap() {
     let mut bad = atomic(6, Op::Read);
     bad.len = 128;
     assert!(a.post(&[bad]).is_err());
+}
+
+#[test]
+fn window_is_placed_on_the_numa_nodes_asked_for() {
+    const TEST: &str = "window_is_placed_on_the_numa_nodes_asked_for";
+    if skip(TEST) {
+        return;
+    }
+    let node = topology::hw::probe().unwrap().numa_nodes[0].os_index;
+    let endpoint = |numa: NumaPlacement| {
+        let mut c = cfg("A");
+        c.numa = numa;
+        RdmaEndpoint::new(0, &[1, 2], MIB, &c)
+    };
+    let bound = endpoint(NumaPlacement::Nodes(vec![node])).unwrap();
+    assert_eq!(bound.window_numa_nodes(), Some(vec![node]));
+    assert_eq!(bound.window_numa_binding().unwrap(), Some(vec![node]));
+    let default = endpoint(NumaPlacement::Default).unwrap();
+    assert_eq!(default.window_numa_nodes(), None);
+    assert_eq!(default.window_numa_binding().unwrap(), None);
+    // Near the device: wherever hwloc places it (nowhere for soft-RoCE), and the OS agrees.
+    let device = cfg("A").device.name.unwrap_or_else(|| "rxe0".into());
+    let near = topology::hw::numa_nodes_near(&device).unwrap();
+    let auto = endpoint(NumaPlacement::NearDevice).unwrap();
+    assert_eq!(auto.window_numa_nodes(), near);
+    assert_eq!(auto.window_numa_binding().unwrap(), near);
+    eprintln!("NUMA node {node}: bound window ok; near {device}: {near:?}");
+    let err = endpoint(NumaPlacement::Nodes(vec![4000]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("NUMA nodes [4000]"), "{err}");
 }

@@ -233,9 +233,21 @@ mod imp {
             buf,
             &set,
             MemoryBindingPolicy::Bind,
-            MemoryBindingFlags::MIGRATE,
+            // hwlocality refuses MIGRATE for areas: pages already touched stay where they are.
+            MemoryBindingFlags::empty(),
         )
         .map_err(|e| hw_err(&format!("binding a buffer to NUMA nodes {numa_nodes:?}"), e))
+    }
+
+    pub(super) fn buffer_binding<T>(buf: &[T]) -> Result<Option<Vec<usize>>, TopologyError> {
+        if std::mem::size_of_val(buf) == 0 {
+            return Err(crate::invalid("buf", "an empty buffer has no binding"));
+        }
+        let topo = topology()?;
+        let (set, policy) = topo
+            .area_memory_binding::<[T], NodeSet>(buf, MemoryBindingFlags::empty())
+            .map_err(|e| hw_err("querying a buffer's NUMA binding", e))?;
+        Ok((policy == Some(MemoryBindingPolicy::Bind)).then(|| indices(set.iter_set())))
     }
 }
 
@@ -258,6 +270,9 @@ mod imp {
     pub(super) fn bind_buffer<T>(_buf: &[T], _numa: &[usize]) -> Result<(), TopologyError> {
         Err(disabled())
     }
+    pub(super) fn buffer_binding<T>(_buf: &[T]) -> Result<Option<Vec<usize>>, TopologyError> {
+        Err(disabled())
+    }
 }
 
 /// Discovers CPUs, NUMA nodes and RDMA (OpenFabrics) devices with their nearest CPUs and NUMA
@@ -271,12 +286,32 @@ pub fn bind_current_thread(cpus: &[usize]) -> Result<(), TopologyError> {
     imp::bind_current_thread(cpus)
 }
 
-/// Binds the pages of `buf` to the given NUMA nodes (OS indices), migrating pages already
-/// touched; e.g. a model buffer to [`RdmaDevice::numa_nodes`] before registering it with the NIC.
+/// Binds the pages of `buf` to the given NUMA nodes (OS indices); e.g. a model buffer to
+/// [`RdmaDevice::numa_nodes`] before registering it with the NIC.
 ///
-/// Only whole pages inside the buffer are affected, as with `mbind(2)`.
+/// Only whole pages inside the buffer are affected, as with `mbind(2)`, and the binding decides
+/// where pages go when first touched: pages already touched are not migrated, so bind fresh
+/// buffers.
 pub fn bind_buffer<T>(buf: &[T], numa_nodes: &[usize]) -> Result<(), TopologyError> {
     imp::bind_buffer(buf, numa_nodes)
+}
+
+/// The NUMA nodes (OS indices) the pages of `buf` are bound to by a [`bind_buffer`]-style strict
+/// policy, or `None` when they follow the default (or an interleave/preferred) policy.
+pub fn buffer_binding<T>(buf: &[T]) -> Result<Option<Vec<usize>>, TopologyError> {
+    imp::buffer_binding(buf)
+}
+
+/// The NUMA nodes nearest the named RDMA device, or `None` when hwloc does not know the device
+/// or cannot place it (virtual devices such as soft-RoCE, single-node machines without I/O
+/// locality).
+pub fn numa_nodes_near(device: &str) -> Result<Option<Vec<usize>>, TopologyError> {
+    let info = probe()?;
+    Ok(info
+        .rdma_devices
+        .into_iter()
+        .find(|d| d.name == device && !d.numa_nodes.is_empty())
+        .map(|d| d.numa_nodes))
 }
 
 /// Binds the calling thread to the CPUs nearest the named RDMA device, or returns `Ok(false)`
@@ -316,10 +351,20 @@ mod tests {
         }
         let buf = vec![0u8; 1 << 16];
         if let Some(node) = info.numa_nodes.first() {
-            if let Err(e) = bind_buffer(&buf, &[node.os_index]) {
-                eprintln!("memory binding unsupported here: {e}");
+            let page = 4096;
+            let whole_pages = &buf[buf.as_ptr().align_offset(page)..][..page * 8];
+            match bind_buffer(whole_pages, &[node.os_index]) {
+                Ok(()) => assert_eq!(
+                    buffer_binding(whole_pages).unwrap(),
+                    Some(vec![node.os_index]),
+                    "bound pages report their node"
+                ),
+                Err(e) => panic!("binding a buffer to NUMA node {}: {e}", node.os_index),
             }
         }
+        assert_eq!(numa_nodes_near("no-such-device").unwrap(), None);
+        let err = bind_buffer(&buf, &[4000]).unwrap_err().to_string();
+        assert!(err.contains("NUMA nodes [4000]"), "{err}");
         assert!(!bind_current_thread_near("no-such-device").unwrap());
     }
 }

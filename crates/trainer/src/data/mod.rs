@@ -191,14 +191,20 @@ pub(crate) fn from_pixels(
             )
         })
         .collect();
+    // The expression is evaluated once per channel and pixel value, then looked up: the same
+    // floats, without per-pixel arithmetic (which dominated loading under qemu's emulation).
+    let tables: Vec<[f32; 256]> = stats
+        .iter()
+        .map(|&(mean, std)| std::array::from_fn(|p| (p as f32 / 255.0 - mean) / std))
+        .collect();
     let normalize = |raw: Vec<u8>| -> Vec<f32> {
-        raw.into_iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let (mean, std) = stats[(i % features) / plane];
-                (f32::from(p) / 255.0 - mean) / std
-            })
-            .collect()
+        let mut out = Vec::with_capacity(raw.len());
+        for example in raw.chunks(features) {
+            for (c, pixels) in example.chunks(plane).enumerate() {
+                out.extend(pixels.iter().map(|&p| tables[c][usize::from(p)]));
+            }
+        }
+        out
     };
     Ok(Dataset {
         train: Split {
