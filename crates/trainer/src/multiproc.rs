@@ -8,7 +8,9 @@
 //! barriers between ranks. Every few seconds a rank looks up the neighbours it lost: a restarted
 //! rank publishes a new address, and is readmitted. At the end each rank sets `final/RANK` (its
 //! model and counters); rank 0 waits for every rank that is still alive (or came back), averages
-//! the models, evaluates and writes the run's outputs, then sets `done`. Every rank prints one
+//! the models, evaluates and writes the run's outputs, then sets `done`. While they wait, finished
+//! ranks keep folding the corrections late neighbours deposit, so stragglers still average with
+//! them instead of finding their inbox slots busy. Every rank prints one
 //! `SWARM_SUMMARY {json}` line on stdout for `tools/launcher`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -369,7 +371,16 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
     let patience = peer_timeout + Duration::from_secs_f64(2.0 * train_seconds + 10.0);
     if rank == 0 {
         published.map_err(store_error)?;
-        let gathered = gather_finals(&mut store, n, dim, peer_timeout, patience, &stop)?;
+        let mut serve = inbox_server(rank);
+        let gathered = gather_finals(
+            &mut store,
+            n,
+            dim,
+            peer_timeout,
+            patience,
+            &stop,
+            &mut || serve(&mut model, &mut swarm),
+        )?;
         let lost: Vec<usize> = (0..n).filter(|r| gathered[*r].is_none()).collect();
         if !lost.is_empty() {
             eprintln!("rank 0: lost rank(s) {lost:?}: their final models never arrived");
@@ -425,9 +436,28 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
     } else {
         match published {
             Ok(()) => {
-                // Serve stragglers' reads until rank 0 has every model; then leave.
-                if let Err(e) = store.get("done", patience) {
-                    eprintln!("rank {rank}: rank 0 did not finish ({e}); leaving");
+                // Serve stragglers' reads and fold their corrections until rank 0 has every
+                // model; then leave.
+                let mut serve = inbox_server(rank);
+                let deadline = Instant::now() + patience;
+                loop {
+                    match store.try_get("done") {
+                        Ok(Some(_)) => break,
+                        Ok(None) if Instant::now() > deadline => {
+                            eprintln!("rank {rank}: rank 0 did not finish in {patience:?}; leaving");
+                            break;
+                        }
+                        Ok(None) if stop.load(Ordering::Relaxed) => break,
+                        Ok(None) => {}
+                        Err(e) => {
+                            eprintln!("rank {rank}: rank 0 did not finish ({e}); leaving");
+                            break;
+                        }
+                    }
+                    for _ in 0..5 {
+                        serve(&mut model, &mut swarm);
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
                 }
             }
             Err(e) => eprintln!(
@@ -527,6 +557,7 @@ fn gather_finals(
     peer_timeout: Duration,
     patience: Duration,
     stop: &AtomicBool,
+    idle: &mut dyn FnMut(),
 ) -> Result<Gathered, TrainError> {
     let mut out: Gathered = (0..n).map(|_| None).collect();
     let mut absent_since: Vec<Option<Instant>> = vec![None; n];
@@ -568,7 +599,28 @@ fn gather_finals(
         {
             return Ok(out);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        for _ in 0..5 {
+            idle();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// What a rank that finished training does while it waits for the others: fold the corrections
+/// late neighbours deposit (and republish), so that their pairwise averages with it still
+/// complete instead of finding its inbox slots busy. Its final model was already handed to
+/// rank 0; corrections folded afterwards only reach the late neighbours, through its window.
+/// A transport error ends the serving (logged once).
+fn inbox_server(rank: usize) -> impl FnMut(&mut FlatModel, &mut SwarmNode<NodeEndpoint>) {
+    let mut failed = false;
+    move |model, swarm| {
+        if failed {
+            return;
+        }
+        if let Err(e) = model.with_params_mut(|p| swarm.step_boundary(p)) {
+            eprintln!("rank {rank}: stopped folding late corrections: {e}");
+            failed = true;
+        }
     }
 }
 
