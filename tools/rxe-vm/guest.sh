@@ -4,6 +4,13 @@
 set -u
 . tools/rxe-vm/net.sh
 fail=0
+diagnose() { # what the kernel saw, printed after a failed step
+  echo "--- per-CPU backlog: packets processed / dropped (hex, /proc/net/softnet_stat)"
+  awk '{print "cpu" NR-1, $1, $2}' /proc/net/softnet_stat
+  for dev in rxe0 rxeA rxeB; do rdma statistic show link "$dev/1" 2>/dev/null; done
+  ip -s link show vA 2>/dev/null
+  dmesg | tail -n 15
+}
 step() { # step NAME SECONDS COMMAND...: run under a time limit, report, remember failures
   local name=$1 t=$2 t0=$SECONDS rc
   shift 2
@@ -11,9 +18,12 @@ step() { # step NAME SECONDS COMMAND...: run under a time limit, report, remembe
   timeout -k 5 "$t" "$@"
   rc=$?
   echo "=== $name: exit $rc after $((SECONDS - t0)) s"
-  [ $rc = 0 ] || fail=1
+  [ $rc = 0 ] || { fail=1; diagnose; }
 }
 export SWARM_RDMA_REQUIRE=1
+# Under emulation a 16 MiB transfer outlasts the default 268 ms ACK timeout; the spurious retry
+# (rxe counter completer_retry_err, with no packet lost) then stalled the Debian 6.1 rxe's QP.
+export SWARM_RDMA_ACK_TIMEOUT=20
 # Each test on its own, with its own time limit, so one hang costs minutes, not the stage.
 tests() { "$1" --list 2>/dev/null | sed -n 's/: test$//p'; }
 for bin in $RXE_TEST_BINS; do

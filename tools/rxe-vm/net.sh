@@ -5,6 +5,10 @@
 ip link add vA type veth peer name vB
 ip addr add 192.0.2.1/24 dev vA
 ip addr add 192.0.2.2/24 dev vB
+# Jumbo frames, as RoCE fabrics run them: rxe then uses a 4096-byte path MTU (1024 at MTU 1500),
+# a quarter of the packets per message.
+ip link set vA mtu 9000
+ip link set vB mtu 9000
 ip link set vA up
 ip link set vB up
 for k in all default vA vB; do sysctl -qw net.ipv4.conf.$k.rp_filter=0; done

@@ -91,7 +91,9 @@ pub struct RdmaConfig {
     pub read_attempts: usize,
     /// An operation with no completion within this time marks its peer unreachable.
     pub op_timeout: Duration,
-    /// Verbs ACK timeout exponent (4.096 us * 2^x per try).
+    /// Verbs ACK timeout exponent (4.096 us * 2^x per try; default 16, 268 ms). Raise it where
+    /// the transport itself is slow: under qemu's emulation a 16 MiB transfer outlasts 268 ms,
+    /// the resulting spurious retry stalled the Debian 6.1 rxe, and the harness uses 20 (4.3 s).
     pub ack_timeout: u8,
     /// Transport retries before a request fails (at most 7).
     pub retries: u8,
@@ -150,7 +152,8 @@ impl RdmaConfig {
     /// The default configuration with the device chosen by environment variables:
     /// `SWARM_RDMA_DEVICE` (name), `SWARM_RDMA_IP` (IPv4 address whose GID to use),
     /// `SWARM_RDMA_GID_INDEX`, `SWARM_RDMA_PORT`; the window's placement by `SWARM_RDMA_NUMA`
-    /// (`auto`, `off` or node indices, see [`NumaPlacement`]).
+    /// (`auto`, `off` or node indices, see [`NumaPlacement`]); the ACK timeout exponent by
+    /// `SWARM_RDMA_ACK_TIMEOUT` (see [`RdmaConfig::ack_timeout`]).
     pub fn from_env() -> Result<Self, RdmaError> {
         Self::from_vars(|k| std::env::var(k).ok())
     }
@@ -176,6 +179,14 @@ impl RdmaConfig {
         if let Some(numa) = parse::<NumaPlacement>("SWARM_RDMA_NUMA", var("SWARM_RDMA_NUMA"))? {
             cfg.numa = numa;
         }
+        if let Some(t) = parse::<u8>("SWARM_RDMA_ACK_TIMEOUT", var("SWARM_RDMA_ACK_TIMEOUT"))? {
+            if t > 31 {
+                return Err(RdmaError::Config(format!(
+                    "SWARM_RDMA_ACK_TIMEOUT={t}: the exponent is 0..=31 (4.096 us * 2^x)"
+                )));
+            }
+            cfg.ack_timeout = t;
+        }
         Ok(cfg)
     }
 }
@@ -190,3 +201,52 @@ pub fn device_available(cfg: &RdmaConfig) -> Result<(), RdmaError> {
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Result<RdmaConfig, RdmaError> {
+        let map: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        RdmaConfig::from_vars(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn environment_sets_device_numa_and_ack_timeout() {
+        let cfg = vars(&[
+            ("SWARM_RDMA_DEVICE", "mlx5_1"),
+            ("SWARM_RDMA_IP", "10.0.0.7"),
+            ("SWARM_RDMA_NUMA", "1,3"),
+            ("SWARM_RDMA_ACK_TIMEOUT", "20"),
+        ])
+        .unwrap();
+        assert_eq!(cfg.device.name.as_deref(), Some("mlx5_1"));
+        assert_eq!(cfg.device.ipv4, Some(Ipv4Addr::new(10, 0, 0, 7)));
+        assert_eq!(cfg.numa, NumaPlacement::Nodes(vec![1, 3]));
+        assert_eq!(cfg.ack_timeout, 20);
+        let default = vars(&[]).unwrap();
+        assert_eq!(default.numa, NumaPlacement::NearDevice);
+        assert_eq!(default.ack_timeout, 16);
+        assert_eq!(
+            vars(&[("SWARM_RDMA_NUMA", "off")]).unwrap().numa,
+            NumaPlacement::Default
+        );
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_variable() {
+        for (key, value) in [
+            ("SWARM_RDMA_NUMA", "near"),
+            ("SWARM_RDMA_ACK_TIMEOUT", "32"),
+            ("SWARM_RDMA_ACK_TIMEOUT", "x"),
+            ("SWARM_RDMA_IP", "10.0.0"),
+        ] {
+            let err = vars(&[(key, value)]).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}={value}: {err}");
+        }
+    }
+}
