@@ -24,9 +24,9 @@ ip rule del pref 0 lookup local
 ip neigh replace 192.0.2.2 lladdr "$(cat /sys/class/net/vB/address)" dev vA nud permanent
 ip neigh replace 192.0.2.1 lladdr "$(cat /sys/class/net/vA/address)" dev vB nud permanent
 # RoCE assumes a lossless link (PFC on real switches). A veth hands each packet to the peer's
-# per-CPU backlog, which drops beyond net.core.netdev_max_backlog (1000): a 1 MiB READ response
-# at MTU 1024 is ~1000 packets, and after such drops the Debian 6.1 rxe stalled the QP (no
-# completion, no retry error). A backlog that never overflows is this harness's PFC.
+# per-CPU backlog, which drops beyond net.core.netdev_max_backlog (1000); with that default a
+# stream of 1 MiB READs stalled the Debian 6.1 rxe (it stalls on retransmits). A backlog that
+# never overflows is this harness's PFC.
 sysctl -qw net.core.netdev_max_backlog=100000
 rdma link add rxeA type rxe netdev vA
 rdma link add rxeB type rxe netdev vB
