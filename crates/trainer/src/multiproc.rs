@@ -454,10 +454,7 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
                             break;
                         }
                     }
-                    for _ in 0..5 {
-                        serve(&mut model, &mut swarm);
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
+                    serve_for_a_while(&mut || serve(&mut model, &mut swarm));
                 }
             }
             Err(e) => eprintln!(
@@ -516,6 +513,10 @@ fn readmit_restarted(
     store: &mut Client,
     known: &mut [(usize, String)],
 ) -> u64 {
+    // RDMA queue pairs are not re-created for a restarted rank: nothing to look up.
+    if !matches!(swarm.transport(), NodeEndpoint::Tcp(_)) {
+        return 0;
+    }
     let mut back = 0;
     let lost: Vec<usize> = swarm.unreachable().iter().copied().collect();
     for peer in lost {
@@ -533,7 +534,7 @@ fn readmit_restarted(
             continue;
         };
         let NodeEndpoint::Tcp(tcp) = swarm.transport_mut() else {
-            return back; // RDMA queue pairs are not re-created for a restarted rank
+            break;
         };
         if tcp.connect_peers(&[(peer, sock)]).is_ok() {
             swarm.readmit(peer);
@@ -599,10 +600,15 @@ fn gather_finals(
         {
             return Ok(out);
         }
-        for _ in 0..5 {
-            idle();
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        serve_for_a_while(idle);
+    }
+}
+
+/// Between two looks at the store (every 100 ms), a waiting rank serves its inbox every 20 ms.
+fn serve_for_a_while(serve: &mut dyn FnMut()) {
+    for _ in 0..5 {
+        serve();
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -674,15 +680,20 @@ fn connect_tcp(
     let mut endpoint = TcpEndpoint::bind_with(rank, bind, capacity, job.auth.clone(), tcp_config)
         .map_err(|e| TrainError::Node(e.to_string()))?;
     let my_addr = endpoint.local_addr().to_string();
-    store
-        .set(&format!("endpoint/{rank}"), my_addr.as_bytes())
-        .map_err(store_error)?;
-    for &peer in neighbours {
-        let addr = store
-            .get(&format!("endpoint/{peer}"), store_wait(peer_timeout))
-            .map_err(store_error)?;
-        known.push((peer, String::from_utf8_lossy(&addr).into_owned()));
-    }
+    let addrs = exchange(
+        store,
+        "endpoint",
+        rank,
+        my_addr.as_bytes(),
+        neighbours,
+        peer_timeout,
+    )?;
+    known.extend(
+        neighbours
+            .iter()
+            .zip(addrs)
+            .map(|(&peer, addr)| (peer, String::from_utf8_lossy(&addr).into_owned())),
+    );
     let peers: Vec<(usize, SocketAddr)> = known
         .iter()
         .map(|(p, a)| {
@@ -712,27 +723,47 @@ fn connect_rdma(
     config.op_timeout = peer_timeout;
     let mut endpoint =
         RdmaEndpoint::new(rank, neighbours, capacity, &config).map_err(rdma_error)?;
-    store
-        .set(&format!("rdma/{rank}"), &endpoint.record())
-        .map_err(store_error)?;
-    let mut records = Vec::with_capacity(neighbours.len());
-    for &peer in neighbours {
-        records.push(
-            store
-                .get(&format!("rdma/{peer}"), store_wait(peer_timeout))
-                .map_err(store_error)?,
-        );
-    }
+    let records = exchange(
+        store,
+        "rdma",
+        rank,
+        &endpoint.record(),
+        neighbours,
+        peer_timeout,
+    )?;
     endpoint.connect(&records).map_err(rdma_error)?;
-    store
-        .set(&format!("rdma-connected/{rank}"), b"1")
-        .map_err(store_error)?;
-    for &peer in neighbours {
-        store
-            .get(&format!("rdma-connected/{peer}"), store_wait(peer_timeout))
-            .map_err(store_error)?;
-    }
+    exchange(
+        store,
+        "rdma-connected",
+        rank,
+        b"1",
+        neighbours,
+        peer_timeout,
+    )?;
     Ok(endpoint)
+}
+
+/// Sets `PREFIX/RANK` to `value` in the store and returns every neighbour's `PREFIX/PEER`, in
+/// the order of `neighbours`, waiting for ranks that have not set theirs yet.
+fn exchange(
+    store: &mut Client,
+    prefix: &str,
+    rank: usize,
+    value: &[u8],
+    neighbours: &[usize],
+    peer_timeout: Duration,
+) -> Result<Vec<Vec<u8>>, TrainError> {
+    store
+        .set(&format!("{prefix}/{rank}"), value)
+        .map_err(store_error)?;
+    neighbours
+        .iter()
+        .map(|peer| {
+            store
+                .get(&format!("{prefix}/{peer}"), store_wait(peer_timeout))
+                .map_err(store_error)
+        })
+        .collect()
 }
 
 /// The network a rank's node uses.
