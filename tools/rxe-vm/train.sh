@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The issue's RDMA training check: the same 4-node SwarmSGD run twice, in one process (on the host,
-# before the VM boots) and as 4 processes over RDMA on rxe0 (inside the soft-RoCE VM); the final
-# accuracies must agree within 1 point.
+# The issue's RDMA training check: the same 4-node SwarmSGD run in one process (on the host, before
+# the VM boots; median of 3) and as 4 processes over RDMA on rxe0 (inside the soft-RoCE VM); the
+# final accuracies must agree within 1 point.
 #   tools/rxe-vm/train.sh host SWARM_BIN OUTDIR   run the in-process reference
 #   tools/rxe-vm/train.sh guest SWARM_BIN OUTDIR  run the 4 RDMA ranks (inside the VM)
 #   tools/rxe-vm/train.sh compare OUTDIR          compare the two summaries
@@ -13,7 +13,11 @@ set -euo pipefail
 settings=(--model mlp:32 --lr 0.1 --epochs 2 --train-subset 8000 --test-subset 2000 --seed 3 --quiet)
 case "$1" in
   host)
-    "$2" train --nodes 4 "${settings[@]}" --out "$3/inproc" > /dev/null
+    # Three repetitions; the comparison uses their median. An in-process run now and then gets
+    # far fewer interactions (threads colliding on busy slots) and lands 0.7 points higher.
+    for k in 1 2 3; do
+      "$2" train --nodes 4 "${settings[@]}" --out "$3/inproc-$k" > /dev/null
+    done
     ;;
   guest)
     bin=$2 out=$3
@@ -35,11 +39,14 @@ case "$1" in
     python3 - "$2" <<'PY'
 import json, sys
 out = sys.argv[1]
-inproc = json.load(open(f"{out}/inproc/summary.json"))["final_test_accuracy"]
+runs = sorted(json.load(open(f"{out}/inproc-{k}/summary.json"))["final_test_accuracy"]
+              for k in (1, 2, 3))
+inproc = runs[1]
 rdma = json.load(open(f"{out}/rdma/summary.json"))
 acc, stats = rdma["final_test_accuracy"], rdma["node_stats"]
 reads = sum(s["models_read"] for s in stats)
-print(f"4 nodes in-process {100 * inproc:.2f}%, 4 processes over RDMA {100 * acc:.2f}% "
+print(f"4 nodes in-process {100 * inproc:.2f}% (median of "
+      f"{', '.join(f'{100 * r:.2f}' for r in runs)}), 4 processes over RDMA {100 * acc:.2f}% "
       f"({reads} one-sided model reads, {sum(s['interactions'] for s in stats)} interactions)")
 assert len(stats) == 4, "every rank's model was gathered"
 assert reads > 0, "no model crossed RDMA"
