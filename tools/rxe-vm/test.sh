@@ -15,9 +15,9 @@ for line in sys.stdin:
         print(m["executable"])'
 }
 export RXE_TEST_BINS
-RXE_TEST_BINS=$(cargo test -p rdma-transport --tests --no-run --message-format=json 2>/dev/null | artifacts | tr '\n' ' ')
+RXE_TEST_BINS=$(cargo test -p swarmsgd-rdma --tests --no-run --message-format=json 2>/dev/null | artifacts | tr '\n' ' ')
 export RXE_BENCH_BIN
-RXE_BENCH_BIN=$(cargo build --release -p rdma-transport --example rdma_bench --message-format=json 2>/dev/null | artifacts | tail -1)
+RXE_BENCH_BIN=$(cargo build --release -p swarmsgd-rdma --features cli --example rdma_bench --message-format=json 2>/dev/null | artifacts | tail -1)
 swarm=$(cargo build --profile test -p trainer --bin swarm --message-format=json 2>/dev/null | artifacts | tail -1)
 [ -n "$RXE_TEST_BINS" ] && [ -x "$RXE_BENCH_BIN" ] && [ -x "$swarm" ] || { echo "rxe-vm/test.sh: build failed" >&2; exit 1; }
 # The training check: the in-process reference runs here, the 4 RDMA ranks in the guest.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bitpacking::{BitPacker, BitPacker8x};
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
-use quant::{Codec, CodecSpec};
+use swarmsgd_quant::{Codec, CodecSpec};
 
 const SPECS: &[&str] = &[
     "lattice:8",
@@ -109,15 +109,15 @@ fn packing(c: &mut Criterion) {
             let codes: Vec<u32> = src.iter().map(|v| v >> (32 - bits)).collect();
             let mut ours = Vec::new();
             g.bench_function(format!("ours/{bits}/pack"), |b| {
-                b.iter(|| quant::pack_bits(black_box(&codes), bits, &mut ours).unwrap())
+                b.iter(|| swarmsgd_quant::pack_bits(black_box(&codes), bits, &mut ours).unwrap())
             });
             // Checked outside the timed closures, which a filter may skip.
-            quant::pack_bits(&codes, bits, &mut ours).unwrap();
+            swarmsgd_quant::pack_bits(&codes, bits, &mut ours).unwrap();
             let mut back = vec![0u32; d];
-            quant::unpack_bits(&ours, bits, &mut back).unwrap();
+            swarmsgd_quant::unpack_bits(&ours, bits, &mut back).unwrap();
             assert_eq!(back, codes);
             g.bench_function(format!("ours/{bits}/unpack"), |b| {
-                b.iter(|| quant::unpack_bits(black_box(&ours), bits, &mut back).unwrap())
+                b.iter(|| swarmsgd_quant::unpack_bits(black_box(&ours), bits, &mut back).unwrap())
             });
             let block = BitPacker8x::BLOCK_LEN;
             let mut theirs = vec![0u8; d * bits as usize / 8];

@@ -14,7 +14,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use quant::{Codec, CodecSpec};
+use swarmsgd_quant::{Codec, CodecSpec};
 
 fn data(d: usize, seed: u64) -> Vec<f32> {
     let mut s = seed | 1;

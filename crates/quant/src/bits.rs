@@ -408,15 +408,15 @@ fn unpack_all<const B: usize>(bytes: &[u8], out: &mut [u32]) {
 ///
 /// ```
 /// let mut bytes = Vec::new();
-/// quant::pack_bits(&[1, 2, 3, 3], 2, &mut bytes).unwrap();
+/// swarmsgd_quant::pack_bits(&[1, 2, 3, 3], 2, &mut bytes).unwrap();
 /// assert_eq!(bytes, [0b11_11_10_01]);
-/// quant::pack_bits(&[1, 2, 3, 15], 4, &mut bytes).unwrap();
+/// swarmsgd_quant::pack_bits(&[1, 2, 3, 15], 4, &mut bytes).unwrap();
 /// assert_eq!(bytes, [0x21, 0xf3]); // a partial block: sequential
 /// let mut back = [0u32; 4];
-/// quant::unpack_bits(&bytes, 4, &mut back).unwrap();
+/// swarmsgd_quant::unpack_bits(&bytes, 4, &mut back).unwrap();
 /// assert_eq!(back, [1, 2, 3, 15]);
 /// let codes: Vec<u32> = (0..64).map(|i| i % 16).collect();
-/// quant::pack_bits(&codes, 4, &mut bytes).unwrap();
+/// swarmsgd_quant::pack_bits(&codes, 4, &mut bytes).unwrap();
 /// // A full block: word 0 holds codes 0, 8, 16, ... from its low nibble up.
 /// assert_eq!(&bytes[..4], &[0x80u8, 0x80, 0x80, 0x80]);
 /// ```

@@ -17,7 +17,7 @@
 //! | `ef(SPEC)`, `SPEC+ef` | [`ErrorFeedback`] | as SPEC | |
 //!
 //! ```
-//! use quant::{Codec, CodecSpec};
+//! use swarmsgd_quant::{Codec, CodecSpec};
 //!
 //! let x: Vec<f32> = (0..10_000).map(|i| (i as f32 * 0.01).sin()).collect();
 //! // The reader's own model, close to the writer's.
@@ -35,7 +35,7 @@
 //! for (a, b) in x.iter().zip(&decoded) {
 //!     assert!((a - b).abs() < 1e-4);
 //! }
-//! # Ok::<(), quant::QuantError>(())
+//! # Ok::<(), swarmsgd_quant::QuantError>(())
 //! ```
 
 mod bits;

@@ -25,7 +25,7 @@ use crate::{Codec, ErrorFeedback, IdentityCodec, QuantError};
 /// `ef(...)` and the `+ef` suffix both wrap the codec in [`ErrorFeedback`].
 ///
 /// ```
-/// use quant::CodecSpec;
+/// use swarmsgd_quant::CodecSpec;
 /// let spec: CodecSpec = "topk:0.01+minmax:4".parse().unwrap();
 /// assert_eq!(spec.to_string(), "topk:0.01+minmax:4");
 /// let ef: CodecSpec = "sign+ef".parse().unwrap();

@@ -5,7 +5,7 @@ mod common;
 
 use common::{Rng, SPECS};
 use proptest::prelude::*;
-use quant::{
+use swarmsgd_quant::{
     Codec, CodecSpec, ErrorFeedback, MinMaxCodec, QsgdCodec, Rounding, SignCodec, SparseCodec,
     Sparsifier,
 };
@@ -43,8 +43,8 @@ proptest! {
         prop_assert_eq!(spec("terngrad").encoded_len(d), 12 + 4 * nb(512) + packed(2));
         prop_assert_eq!(spec("qsgd:7").encoded_len(d), 12 + 4 * nb(512) + packed(4));
         prop_assert_eq!(spec("none").encoded_len(d), 8 + 4 * d);
-        let k = quant::sparse_k(d, 0.1);
-        let ib = quant::index_bits(d) as usize;
+        let k = swarmsgd_quant::sparse_k(d, 0.1);
+        let ib = swarmsgd_quant::index_bits(d) as usize;
         prop_assert_eq!(spec("topk:0.1").encoded_len(d), 16 + (k * ib).div_ceil(8) + 4 * k);
         prop_assert_eq!(
             spec("topk:0.1+minmax:4").encoded_len(d),
@@ -97,7 +97,7 @@ proptest! {
         let mut c = SparseCodec::new(Sparsifier::TopK, frac, None, seed).unwrap();
         let mut out = Vec::new();
         c.encode(&x, &mut out).unwrap();
-        let k = quant::sparse_k(d, frac);
+        let k = swarmsgd_quant::sparse_k(d, frac);
         let idx = c.last_indices().to_vec();
         prop_assert_eq!(idx.len(), k);
         let mut kept = vec![false; d];
@@ -148,7 +148,7 @@ proptest! {
             prop_assert!((sum_x[i] - sum_dec[i] - e[i] as f64).abs() <= 1e-3 * (1.0 + sum_x[i].abs()),
                 "coordinate {}: sum x {} sum dec {} residual {}", i, sum_x[i], sum_dec[i], e[i]);
         }
-        let k = quant::sparse_k(d, frac) as f64;
+        let k = swarmsgd_quant::sparse_k(d, frac) as f64;
         let delta = k / d as f64;
         let r = (1.0 - delta).sqrt();
         let enorm = e.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
@@ -270,13 +270,13 @@ fn stochastic_codecs_unbiased_with_bounded_variance() {
             let exact = var.iter().sum();
             let bound = vec![s * s / 4.0; d];
             let claimed = s * xf.iter().map(|v| v.abs()).sum::<f64>();
-            let mut c = quant::TernGradCodec::new(5);
+            let mut c = swarmsgd_quant::TernGradCodec::new(5);
             check_stochastic("terngrad", &mut c, &x, n, &bound, exact, claimed);
         }
 
         // Rand-k scaled by d/k.
         {
-            let k = quant::sparse_k(d, 0.25) as f64;
+            let k = swarmsgd_quant::sparse_k(d, 0.25) as f64;
             let var: Vec<f64> = xf.iter().map(|v| v * v * (d as f64 / k - 1.0)).collect();
             let exact: f64 = var.iter().sum();
             let mut c = SparseCodec::new(Sparsifier::RandK, 0.25, None, 3).unwrap();
@@ -285,7 +285,7 @@ fn stochastic_codecs_unbiased_with_bounded_variance() {
 
         // Lattice: subtractive dither makes the error uniform in [-eps/2, eps/2].
         for bits in [2u32, 8] {
-            let mut c = quant::LatticeCodec::new(bits, 11).unwrap();
+            let mut c = swarmsgd_quant::LatticeCodec::new(bits, 11).unwrap();
             c.set_eps(0.05);
             let eps = 0.05f64;
             let var = eps * eps / 12.0;
@@ -338,7 +338,7 @@ fn spec_parsing() {
     ] {
         let e = bad.parse::<CodecSpec>();
         assert!(
-            matches!(e, Err(quant::QuantError::BadSpec { .. })),
+            matches!(e, Err(swarmsgd_quant::QuantError::BadSpec { .. })),
             "{bad:?} gave {e:?}"
         );
     }

@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used)] // tests and benches fail loudly by design
 
 use proptest::prelude::*;
-use quant::{Codec, LatticeCodec};
+use swarmsgd_quant::{Codec, LatticeCodec};
 
 fn vec_strategy(max_len: usize) -> impl Strategy<Value = Vec<f32>> {
     prop::collection::vec(-100.0f32..100.0, 0..max_len)
@@ -30,7 +30,7 @@ proptest! {
         prop_assert_eq!(bytes.len(), LatticeCodec::encoded_len(bits, 10, x.len()));
         prop_assert_eq!(
             bytes.len(),
-            quant::lattice::LATTICE_HEADER + 4 * x.len().div_ceil(1024) + (x.len() * bits as usize).div_ceil(8)
+            swarmsgd_quant::lattice::LATTICE_HEADER + 4 * x.len().div_ceil(1024) + (x.len() * bits as usize).div_ceil(8)
         );
         let radius = c.last_safe_distance() * frac;
         // Deterministic pseudo-random offsets in [-radius, radius].

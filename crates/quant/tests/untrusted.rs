@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Rng, SPECS};
-use quant::{Codec, CodecSpec, QuantError};
+use swarmsgd_quant::{Codec, CodecSpec, QuantError};
 
 fn decode_any(c: &dyn Codec, bytes: &[u8], reference: &[f32], out: &mut [f32]) {
     // Any result is fine; a panic fails the test.
@@ -171,17 +171,17 @@ fn bit_packing_matches_reference_layout() {
                 .map(|_| rng.next_u64() as u32 & ((1 << bits) - 1))
                 .collect();
             let mut packed = Vec::new();
-            quant::pack_bits(&codes, bits, &mut packed).unwrap();
+            swarmsgd_quant::pack_bits(&codes, bits, &mut packed).unwrap();
             assert_eq!(packed, reference_pack(&codes, bits), "bits {bits} n {n}");
-            assert_eq!(packed.len(), quant::packed_len(n, bits));
+            assert_eq!(packed.len(), swarmsgd_quant::packed_len(n, bits));
             let mut back = vec![0u32; n];
-            quant::unpack_bits(&packed, bits, &mut back).unwrap();
+            swarmsgd_quant::unpack_bits(&packed, bits, &mut back).unwrap();
             assert_eq!(back, codes);
             if !packed.is_empty() {
-                assert!(quant::unpack_bits(&packed[1..], bits, &mut back).is_err());
+                assert!(swarmsgd_quant::unpack_bits(&packed[1..], bits, &mut back).is_err());
             }
         }
     }
-    assert!(quant::pack_bits(&[1], 0, &mut Vec::new()).is_err());
-    assert!(quant::pack_bits(&[1], 17, &mut Vec::new()).is_err());
+    assert!(swarmsgd_quant::pack_bits(&[1], 0, &mut Vec::new()).is_err());
+    assert!(swarmsgd_quant::pack_bits(&[1], 17, &mut Vec::new()).is_err());
 }

@@ -15,34 +15,38 @@ use std::time::{Duration, Instant};
 use crate::verbs::{Access, Cq, Device, DeviceSelector, Op, Qp, Region, RemoteBuf, Wc, Wr};
 use crate::RdmaError;
 
-/// Arguments of `swarm bench rdma`.
-#[derive(Debug, Clone, clap::Args)]
+/// Arguments of `swarm bench rdma` (a clap `Args` with the `cli` feature).
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct BenchArgs {
     /// RDMA device name (default: the first device).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub device: Option<String>,
     /// Use the RoCE GID holding this IPv4 address.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub ip: Option<Ipv4Addr>,
     /// Use this GID index.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub gid_index: Option<u8>,
     /// Message sizes in bytes for the bandwidth runs.
-    #[arg(long, value_delimiter = ',', default_value = "65536,1048576,4194304")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, value_delimiter = ',', default_value = "65536,1048576,4194304")
+    )]
     pub sizes: Vec<usize>,
     /// MiB moved per size and direction.
-    #[arg(long, default_value_t = 64)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 64))]
     pub mib: usize,
     /// Requests kept in flight for the bandwidth runs (perftest's default TX depth is 128).
-    #[arg(long, default_value_t = 128)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 128))]
     pub depth: usize,
     /// Requests are posted in groups of this many with one completion per group (perftest
     /// signals every 100th request; groups of 32 keep 4 in flight at depth 128, so the queue never
     /// drains while a group completes).
-    #[arg(long, default_value_t = 32)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 32))]
     pub cq_mod: usize,
     /// 8-byte READs timed one at a time for the latency run.
-    #[arg(long, default_value_t = 1000)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1000))]
     pub lat_iters: usize,
 }
 

@@ -5,7 +5,9 @@ use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use swarm_core::{Completion, NodeId, OpId, ReadOutcome, Transport, TransportError, WriteOutcome};
+use swarmsgd_core::{
+    Completion, NodeId, OpId, ReadOutcome, Transport, TransportError, WriteOutcome,
+};
 
 use crate::record::{EndpointRecord, SLOT_HEADER};
 use crate::verbs::{self, Access, Cq, Device, Op, Qp, Region, RemoteBuf, Wc, Wr};
@@ -114,7 +116,7 @@ const EPOCH_BITS: u32 = 40;
 const EPOCH_MASK: u64 = (1 << EPOCH_BITS) - 1;
 
 /// One node's endpoint: its registered window and one reliable-connection queue pair per
-/// neighbour. Implements [`swarm_core::Transport`]; see the crate docs for the protocol.
+/// neighbour. Implements [`swarmsgd_core::Transport`]; see the crate docs for the protocol.
 pub struct RdmaEndpoint {
     me: NodeId,
     capacity: usize,
@@ -190,7 +192,7 @@ impl RdmaEndpoint {
         match &cfg.numa {
             NumaPlacement::Default => {}
             NumaPlacement::Nodes(nodes) => dev.place_regions_on(nodes.clone(), true),
-            NumaPlacement::NearDevice => match topology::hw::numa_nodes_near(dev.name()) {
+            NumaPlacement::NearDevice => match crate::verbs::numa::near(dev.name()) {
                 Ok(Some(nodes)) => dev.place_regions_on(nodes, false),
                 Ok(None) => tracing::debug!(
                     "{}: hwloc reports no NUMA locality; the window keeps the default policy",

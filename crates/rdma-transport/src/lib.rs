@@ -1,4 +1,4 @@
-//! SwarmSGD's one-sided transport: [`swarm_core::Transport`] over RDMA verbs (InfiniBand, RoCE,
+//! SwarmSGD's one-sided transport: [`swarmsgd_core::Transport`] over RDMA verbs (InfiniBand, RoCE,
 //! soft-RoCE), on `sideway`.
 //!
 //! A node's window lives in two registered memory regions:
@@ -11,26 +11,26 @@
 //! A read of a neighbour is three RDMA READs on that neighbour's queue pair, fenced so that they
 //! execute in order: the seqlock word and length, the payload (in chunks, several in flight), the
 //! seqlock word again. Equal even words mean the copy is consistent; otherwise the read is retried
-//! and finally reported as [`ReadOutcome::Torn`](swarm_core::ReadOutcome). A deposit first
+//! and finally reported as [`ReadOutcome::Torn`](swarmsgd_core::ReadOutcome). A deposit first
 //! READs the owner's consumed counter for this writer's slot (skipped when the slot is already
 //! known to be free), WRITEs the payload, and once that completed WRITEs the deposit word: the
 //! owner never sees a deposit word before its payload. The owner folds deposits and publishes the
-//! consumed counters with [`take_inbox`](swarm_core::Transport::take_inbox) /
-//! [`release_inbox`](swarm_core::Transport::release_inbox). Exactly one writer per slot means
+//! consumed counters with [`take_inbox`](swarmsgd_core::Transport::take_inbox) /
+//! [`release_inbox`](swarmsgd_core::Transport::release_inbox). Exactly one writer per slot means
 //! no remote atomics are needed; [`verbs::Op`] still offers compare-and-swap and fetch-and-add.
 //!
-//! Every operation is started and then advanced by [`poll`](swarm_core::Transport::poll), which
+//! Every operation is started and then advanced by [`poll`](swarmsgd_core::Transport::poll), which
 //! drains the completion queue without blocking, so compute overlaps communication. Errors are
 //! values: a failed completion (wrong rkey, peer gone, QP in error) or an operation that does not
 //! complete within [`RdmaConfig::op_timeout`] marks that peer unreachable (logged with `tracing`
 //! at `warn`), and every later operation on it completes with
-//! [`TransportError::Unreachable`](swarm_core::TransportError); other peers are unaffected.
+//! [`TransportError::Unreachable`](swarmsgd_core::TransportError); other peers are unaffected.
 //!
 //! Setting up a node is three steps, so the trainer can exchange endpoint records through any
 //! key-value store:
 //!
 //! ```no_run
-//! use rdma_transport::{RdmaConfig, RdmaEndpoint};
+//! use swarmsgd_rdma::{RdmaConfig, RdmaEndpoint};
 //! # fn publish_to_store(_: &[u8]) {}
 //! # fn fetch_from_store(_: usize) -> Vec<u8> { Vec::new() }
 //! let cfg = RdmaConfig::from_env()?; // SWARM_RDMA_DEVICE, SWARM_RDMA_IP, SWARM_RDMA_GID_INDEX
@@ -39,7 +39,7 @@
 //! publish_to_store(&ep.record());
 //! let records: Vec<Vec<u8>> = neighbours.iter().map(|&j| fetch_from_store(j)).collect();
 //! ep.connect(&records)?;
-//! # Ok::<(), rdma_transport::RdmaError>(())
+//! # Ok::<(), swarmsgd_rdma::RdmaError>(())
 //! ```
 //!
 //! All `unsafe` code is in [`verbs`], the lowest module.

@@ -248,7 +248,7 @@ impl Device {
             // change of the memory under this shared view, which ends with this block.
             let pages =
                 unsafe { std::slice::from_raw_parts(ptr.as_ptr() as *const AtomicU8, size) };
-            match topology::hw::bind_buffer(pages, &binding.nodes) {
+            match numa::bind(pages, &binding.nodes) {
                 Ok(()) => numa_nodes = Some(binding.nodes.clone()),
                 Err(e) if binding.strict => {
                     // SAFETY: allocated above with this layout, never registered or shared.
@@ -429,7 +429,7 @@ impl Region {
         // any time, which atomics tolerate, and the view only lives for this call.
         let pages =
             unsafe { std::slice::from_raw_parts(self.ptr.as_ptr() as *const AtomicU8, self.len) };
-        topology::hw::buffer_binding(pages)
+        numa::binding(pages)
             .map_err(|e| RdmaError::Config(format!("querying a region's NUMA binding: {e}")))
     }
 
@@ -851,5 +851,60 @@ impl Cq {
             });
         }
         Ok(out.len() - before)
+    }
+}
+
+/// NUMA placement through swarmsgd-topology's hwloc binding (feature `numa`); without the feature
+/// every call reports that it is not built in, so an explicit placement fails and the default
+/// (near the device) quietly keeps the operating system's policy.
+pub(crate) mod numa {
+    use std::sync::atomic::AtomicU8;
+
+    #[cfg(feature = "numa")]
+    pub(crate) use swarmsgd_topology::TopologyError as Error;
+
+    /// Why NUMA placement is unavailable in a build without the `numa` feature.
+    #[cfg(not(feature = "numa"))]
+    #[derive(Debug)]
+    pub(crate) struct Error;
+
+    #[cfg(not(feature = "numa"))]
+    impl std::fmt::Display for Error {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("NUMA placement is not built in (feature `numa` of swarmsgd-rdma)")
+        }
+    }
+
+    /// Binds `pages` to the NUMA nodes `nodes` (OS indices).
+    pub(crate) fn bind(pages: &[AtomicU8], nodes: &[usize]) -> Result<(), Error> {
+        #[cfg(feature = "numa")]
+        return swarmsgd_topology::hw::bind_buffer(pages, nodes);
+        #[cfg(not(feature = "numa"))]
+        {
+            let _ = (pages, nodes);
+            Err(Error)
+        }
+    }
+
+    /// The NUMA nodes the operating system reports `pages` bound to (`None`: default policy).
+    pub(crate) fn binding(pages: &[AtomicU8]) -> Result<Option<Vec<usize>>, Error> {
+        #[cfg(feature = "numa")]
+        return swarmsgd_topology::hw::buffer_binding(pages);
+        #[cfg(not(feature = "numa"))]
+        {
+            let _ = pages;
+            Err(Error)
+        }
+    }
+
+    /// The NUMA nodes nearest the RDMA device `name` (`None`: hwloc does not place it).
+    pub(crate) fn near(name: &str) -> Result<Option<Vec<usize>>, Error> {
+        #[cfg(feature = "numa")]
+        return swarmsgd_topology::hw::numa_nodes_near(name);
+        #[cfg(not(feature = "numa"))]
+        {
+            let _ = name;
+            Err(Error)
+        }
     }
 }

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{cfg, hear, hex, note, pattern, role, say, skip, unhex, Peer};
-use rdma_transport::{NumaPlacement, RdmaEndpoint};
-use swarm_core::{Completion, OpId, ReadOutcome, Transport, TransportError, WriteOutcome};
+use swarmsgd_core::{Completion, OpId, ReadOutcome, Transport, TransportError, WriteOutcome};
+use swarmsgd_rdma::{NumaPlacement, RdmaEndpoint};
 
 const MIB: usize = 1 << 20;
 
@@ -440,8 +440,8 @@ fn hostile_records_are_refused_by_connect() {
 
 #[test]
 fn verbs_atomics_fetch_add_and_compare_swap() {
-    use rdma_transport::verbs::{Access, Device, Op, RemoteBuf, Wr};
     use std::sync::atomic::Ordering;
+    use swarmsgd_rdma::verbs::{Access, Device, Op, RemoteBuf, Wr};
     const TEST: &str = "verbs_atomics_fetch_add_and_compare_swap";
     if role().is_some() || skip(TEST) {
         return;
@@ -516,13 +516,14 @@ fn verbs_atomics_fetch_add_and_compare_swap() {
     assert!(a.post(&[bad]).is_err());
 }
 
+#[cfg(feature = "numa")]
 #[test]
 fn window_is_placed_on_the_numa_nodes_asked_for() {
     const TEST: &str = "window_is_placed_on_the_numa_nodes_asked_for";
     if skip(TEST) {
         return;
     }
-    let node = topology::hw::probe().unwrap().numa_nodes[0].os_index;
+    let node = swarmsgd_topology::hw::probe().unwrap().numa_nodes[0].os_index;
     let endpoint = |numa: NumaPlacement| {
         let mut c = cfg("A");
         c.numa = numa;
@@ -536,7 +537,7 @@ fn window_is_placed_on_the_numa_nodes_asked_for() {
     assert_eq!(default.window_numa_binding().unwrap(), None);
     // Near the device: wherever hwloc places it (nowhere for soft-RoCE), and the OS agrees.
     let device = cfg("A").device.name.unwrap_or_else(|| "rxe0".into());
-    let near = topology::hw::numa_nodes_near(&device).unwrap();
+    let near = swarmsgd_topology::hw::numa_nodes_near(&device).unwrap();
     let auto = endpoint(NumaPlacement::NearDevice).unwrap();
     assert_eq!(auto.window_numa_nodes(), near);
     assert_eq!(auto.window_numa_binding().unwrap(), near);

@@ -11,7 +11,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use rendezvous::{Client, JobAuth, StoreConfig, StoreServer};
+//! use swarmsgd_rendezvous::{Client, JobAuth, StoreConfig, StoreServer};
 //!
 //! let auth = JobAuth::new(7, [42; 32]);
 //! let store = StoreServer::bind("127.0.0.1:0".parse()?, auth.clone(), 2, StoreConfig::default())?;

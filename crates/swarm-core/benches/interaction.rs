@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use quant::IdentityCodec;
-use swarm_core::{InProcessFabric, Interaction, LocalSteps, SwarmNode};
+use swarmsgd_core::{InProcessFabric, Interaction, LocalSteps, SwarmNode};
 
 const DIM: usize = 10_000_000;
 

@@ -5,7 +5,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use swarm_core::{Interaction, LeastSquares, LocalSteps, SimConfig, Simulator};
+use swarmsgd_core::{Interaction, LeastSquares, LocalSteps, SimConfig, Simulator};
 
 const N: usize = 10_000;
 const D: usize = 8;

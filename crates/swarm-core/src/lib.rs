@@ -8,7 +8,7 @@
 //! It knows nothing of tensors, verbs or sockets: models are flat `&mut [f32]` buffers.
 //!
 //! ```
-//! use swarm_core::{Interaction, LocalSteps, SimConfig, Simulator, LeastSquares};
+//! use swarmsgd_core::{Interaction, LocalSteps, SimConfig, Simulator, LeastSquares};
 //!
 //! // 16 nodes on a ring, each holding 4 rows of a 8-dimensional consistent least-squares problem.
 //! let ring: Vec<Vec<usize>> = (0..16).map(|i| vec![(i + 15) % 16, (i + 1) % 16]).collect();

@@ -4,7 +4,7 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use swarm_core::{spread, Interaction, LeastSquares, LocalSteps, SimConfig, Simulator};
+use swarmsgd_core::{spread, Interaction, LeastSquares, LocalSteps, SimConfig, Simulator};
 
 fn ring(n: usize) -> Vec<Vec<usize>> {
     (0..n).map(|i| vec![(i + n - 1) % n, (i + 1) % n]).collect()
@@ -18,7 +18,7 @@ fn random_models(n: usize, d: usize, seed: u64) -> Vec<Vec<f32>> {
 }
 
 fn mean(models: &[Vec<f32>]) -> Vec<f64> {
-    swarm_core::mean_of(models.iter().map(|m| m.as_slice()))
+    swarmsgd_core::mean_of(models.iter().map(|m| m.as_slice()))
 }
 
 fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::thread;
 
 use quant::{Codec, DecodeReport, IdentityCodec, QuantError};
-use swarm_core::{
+use swarmsgd_core::{
     InProcessFabric, Interaction, LocalSteps, ReadOutcome, SwarmNode, Transport, WriteOutcome,
 };
 
 fn read_once(t: &mut impl Transport, peer: usize, len: usize) -> (ReadOutcome, Vec<u8>) {
     let op = t.start_read(peer, 0, len, Vec::new()).unwrap();
     loop {
-        if let Some(swarm_core::Completion::Read {
+        if let Some(swarmsgd_core::Completion::Read {
             op: done,
             buf,
             result,
@@ -85,10 +85,10 @@ fn inbox_deposits_arrive_exactly_once_and_a_busy_slot_refuses_a_second_write() {
     let mut owner = fabric.endpoint(0).unwrap();
     let mut w1 = fabric.endpoint(1).unwrap();
     let mut w2 = fabric.endpoint(2).unwrap();
-    let outcome = |t: &mut swarm_core::InProcessEndpoint, payload: &[u8]| {
+    let outcome = |t: &mut swarmsgd_core::InProcessEndpoint, payload: &[u8]| {
         t.start_write(0, payload).unwrap();
         match t.poll() {
-            Some(swarm_core::Completion::Write { result, .. }) => result.unwrap(),
+            Some(swarmsgd_core::Completion::Write { result, .. }) => result.unwrap(),
             other => panic!("unexpected completion {other:?}"),
         }
     };
@@ -119,7 +119,7 @@ fn inbox_deposits_arrive_exactly_once_and_a_busy_slot_refuses_a_second_write() {
     w1.start_write(2, b"x").unwrap();
     assert!(matches!(
         w1.poll(),
-        Some(swarm_core::Completion::Write { result: Err(_), .. })
+        Some(swarmsgd_core::Completion::Write { result: Err(_), .. })
     ));
 }
 
@@ -129,7 +129,7 @@ fn node(
     id: usize,
     dim: usize,
     interaction: Interaction,
-) -> SwarmNode<swarm_core::InProcessEndpoint> {
+) -> SwarmNode<swarmsgd_core::InProcessEndpoint> {
     SwarmNode::new(
         fabric.endpoint(id).unwrap(),
         graph[id].clone(),
@@ -193,13 +193,13 @@ fn threaded_pairwise_averaging_conserves_the_sum_exactly_once_settled() {
         );
     }
     let models: Vec<&[f32]> = finished.iter().map(|(_, x)| x.as_slice()).collect();
-    let mean_now = swarm_core::mean_of(models.iter().copied());
-    let mean_start = swarm_core::mean_of(start.iter().map(|m| m.as_slice()));
+    let mean_now = swarmsgd_core::mean_of(models.iter().copied());
+    let mean_start = swarmsgd_core::mean_of(start.iter().map(|m| m.as_slice()));
     for (a, b) in mean_now.iter().zip(&mean_start) {
         assert!((a - b).abs() < 1e-3, "mean moved from {b} to {a}");
     }
-    let spread_start = swarm_core::spread(start.iter().map(|m| m.as_slice()));
-    assert!(swarm_core::spread(models.iter().copied()) < 1e-3 * spread_start);
+    let spread_start = swarmsgd_core::spread(start.iter().map(|m| m.as_slice()));
+    assert!(swarmsgd_core::spread(models.iter().copied()) < 1e-3 * spread_start);
     let folded: u64 = finished
         .iter()
         .map(|(s, _)| s.stats().corrections_folded)

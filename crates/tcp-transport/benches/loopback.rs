@@ -5,9 +5,9 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use quant::IdentityCodec;
-use swarm_core::{Completion, Interaction, LocalSteps, SwarmNode, Transport};
-use tcp_transport::{JobAuth, TcpEndpoint};
+use swarmsgd_core::{Completion, Interaction, LocalSteps, SwarmNode, Transport};
+use swarmsgd_quant::IdentityCodec;
+use swarmsgd_tcp::{JobAuth, TcpEndpoint};
 
 const DIM: usize = 1 << 20;
 

@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::Instant;
 
-use swarm_core::{Completion, NodeId, OpId, ReadOutcome, TransportError, WriteOutcome};
+use swarmsgd_core::{Completion, NodeId, OpId, ReadOutcome, TransportError, WriteOutcome};
 
 use crate::io::{read_exact_by, write_all_by};
 use crate::wire::{

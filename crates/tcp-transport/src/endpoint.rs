@@ -7,7 +7,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use swarm_core::{Completion, NodeId, OpId, Transport, TransportError};
+use swarmsgd_core::{Completion, NodeId, OpId, Transport, TransportError};
 
 use crate::client::{PeerLink, Request};
 use crate::server::{lock, Published, Server, Shared};
@@ -29,7 +29,7 @@ struct PeerHandle {
     requests: Sender<Request>,
 }
 
-/// One node's endpoint on a TCP fabric: implements [`swarm_core::Transport`].
+/// One node's endpoint on a TCP fabric: implements [`swarmsgd_core::Transport`].
 ///
 /// Create it with [`TcpEndpoint::bind`], publish its [`local_addr`](TcpEndpoint::local_addr)
 /// to the other nodes, then register the peers it will read and write with
@@ -53,11 +53,12 @@ pub struct TcpEndpoint {
 impl TcpEndpoint {
     /// Node `me` listening on `addr` (port 0 picks a free port) with a window and inbox slots of
     /// `capacity` bytes (rounded up to a multiple of 8), default timeouts ([`TcpConfig::default`]).
+    /// `job` is a [`JobAuth`] (or, with the `rendezvous` feature, a `swarmsgd_rendezvous::JobAuth`).
     pub fn bind(
         me: NodeId,
         addr: SocketAddr,
         capacity: usize,
-        job: JobAuth,
+        job: impl Into<JobAuth>,
     ) -> Result<Self, TcpError> {
         Self::bind_with(me, addr, capacity, job, TcpConfig::default())
     }
@@ -67,9 +68,10 @@ impl TcpEndpoint {
         me: NodeId,
         addr: SocketAddr,
         capacity: usize,
-        job: JobAuth,
+        job: impl Into<JobAuth>,
         config: TcpConfig,
     ) -> Result<Self, TcpError> {
+        let job = job.into();
         if config.connect_timeout.is_zero() || config.io_timeout.is_zero() {
             return Err(TcpError::Config(
                 "timeouts must be positive (a zero timeout would mean waiting forever)".into(),

@@ -1,18 +1,18 @@
-//! SwarmSGD's portable transport: [`swarm_core::Transport`] over TCP, for hosts without verbs.
+//! SwarmSGD's portable transport: [`swarmsgd_core::Transport`] over TCP, for hosts without verbs.
 //!
 //! Each [`TcpEndpoint`] runs a small server that owns the node's window (the published payload and
 //! its version, and one inbox slot per peer) and answers peers' requests: read a byte range of the
 //! published payload, deposit a payload into the caller's inbox slot, ask whether that slot is
-//! free. The node's own [`publish`](swarm_core::Transport::publish),
-//! [`take_inbox`](swarm_core::Transport::take_inbox) and
-//! [`release_inbox`](swarm_core::Transport::release_inbox) act on the window directly.
+//! free. The node's own [`publish`](swarmsgd_core::Transport::publish),
+//! [`take_inbox`](swarmsgd_core::Transport::take_inbox) and
+//! [`release_inbox`](swarmsgd_core::Transport::release_inbox) act on the window directly.
 //! Reads and writes to peers are started, carried out by one client thread per peer, and
-//! returned by [`poll`](swarm_core::Transport::poll), so compute overlaps communication.
+//! returned by [`poll`](swarmsgd_core::Transport::poll), so compute overlaps communication.
 //!
 //! The semantics are those of swarm-core's in-process transport: versions count publishes (1 for
-//! the first), a window never published reads as [`ReadOutcome::NotPublished`](swarm_core::ReadOutcome),
+//! the first), a window never published reads as [`ReadOutcome::NotPublished`](swarmsgd_core::ReadOutcome),
 //! a deposit into a slot whose previous deposit has not been released is refused with
-//! [`WriteOutcome::SlotBusy`](swarm_core::WriteOutcome), reads must start at a multiple of 8.
+//! [`WriteOutcome::SlotBusy`](swarmsgd_core::WriteOutcome), reads must start at a multiple of 8.
 //! The server copies a read under the window's lock, so a copy is never torn.
 //!
 //! Every byte from the network is hostile until proven otherwise: a connection must open with a
@@ -20,7 +20,7 @@
 //! ([`JobAuth`]) within the I/O timeout, or it is refused and logged (`tracing` at `warn`);
 //! headers are fixed-size and checked field by field; no length is trusted beyond the window
 //! capacity. A peer that dies or stops answering makes the operations to it complete with
-//! [`TransportError::Unreachable`](swarm_core::TransportError) within the configured timeouts.
+//! [`TransportError::Unreachable`](swarmsgd_core::TransportError) within the configured timeouts.
 //! The wire format is documented in [`wire`].
 //!
 //! The secret authenticates peers of one job against each other on a trusted cluster network;
@@ -28,8 +28,8 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use swarm_core::{Completion, ReadOutcome, Transport};
-//! use tcp_transport::{JobAuth, TcpEndpoint};
+//! use swarmsgd_core::{Completion, ReadOutcome, Transport};
+//! use swarmsgd_tcp::{JobAuth, TcpEndpoint};
 //!
 //! let job = JobAuth::new(42, [7; 32]);
 //! let mut a = TcpEndpoint::bind(0, "127.0.0.1:0".parse()?, 64, job.clone())?;
@@ -65,9 +65,58 @@ use std::time::Duration;
 
 pub use endpoint::{ServerStats, TcpEndpoint};
 
-/// A job's credentials (job id and per-job secret): every connection between nodes of the job
-/// presents them. The same type the job's rendezvous store checks.
-pub use rendezvous::JobAuth;
+/// A job's credentials: every connection between nodes of the job presents them, and a server
+/// accepts only connections presenting its own.
+///
+/// With the `rendezvous` feature, the credentials of a job found by
+/// [`swarmsgd_rendezvous`](https://docs.rs/swarmsgd-rendezvous) convert into this type, so
+/// `TcpEndpoint::bind(.., job_env.auth.clone())` takes them as they are.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JobAuth {
+    /// The job id (from the launcher or the scheduler).
+    pub job: u64,
+    /// The per-job secret, shared by every node of the job.
+    pub secret: [u8; wire::SECRET_LEN],
+}
+
+impl JobAuth {
+    /// Credentials for job `job` with the given secret.
+    pub fn new(job: u64, secret: [u8; wire::SECRET_LEN]) -> Self {
+        JobAuth { job, secret }
+    }
+
+    /// Whether `secret` is this job's, compared in time independent of where they differ.
+    pub fn secret_matches(&self, secret: &[u8; wire::SECRET_LEN]) -> bool {
+        self.secret
+            .iter()
+            .zip(secret)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+impl std::fmt::Debug for JobAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobAuth")
+            .field("job", &self.job)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+#[cfg(feature = "rendezvous")]
+impl From<swarmsgd_rendezvous::JobAuth> for JobAuth {
+    fn from(auth: swarmsgd_rendezvous::JobAuth) -> Self {
+        JobAuth::new(auth.job, auth.secret)
+    }
+}
+
+#[cfg(feature = "rendezvous")]
+impl From<&swarmsgd_rendezvous::JobAuth> for JobAuth {
+    fn from(auth: &swarmsgd_rendezvous::JobAuth) -> Self {
+        JobAuth::new(auth.job, auth.secret)
+    }
+}
 
 /// Timeouts and limits of a [`TcpEndpoint`].
 #[derive(Debug, Clone)]
@@ -79,7 +128,7 @@ pub struct TcpConfig {
     /// `connect_timeout + io_timeout` after it was started. On the server, how long a peer may take
     /// to send its handshake, or the rest of a frame it began.
     ///
-    /// [`TransportError::Unreachable`]: swarm_core::TransportError::Unreachable
+    /// [`TransportError::Unreachable`]: swarmsgd_core::TransportError::Unreachable
     pub io_timeout: Duration,
     /// Most connections the server keeps open, and most distinct peers it keeps an inbox slot for.
     pub max_connections: usize,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use swarm_core::NodeId;
+use swarmsgd_core::NodeId;
 
 use crate::io::{read_exact_by, wait_first_byte, write_all_by};
 use crate::wire::{

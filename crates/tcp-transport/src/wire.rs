@@ -79,7 +79,7 @@ pub const ACK_LEN: usize = 40;
 /// Bytes of a request or response [`Header`].
 pub const HEADER_LEN: usize = 32;
 /// Bytes of the per-job secret.
-pub const SECRET_LEN: usize = rendezvous::SECRET_LEN;
+pub const SECRET_LEN: usize = 32;
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])

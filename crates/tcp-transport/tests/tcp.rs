@@ -10,15 +10,15 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use quant::IdentityCodec;
-use swarm_core::{
+use swarmsgd_core::{
     Completion, Interaction, LocalSteps, ReadOutcome, SwarmNode, Transport, TransportError,
     WriteOutcome,
 };
-use tcp_transport::wire::{
+use swarmsgd_quant::IdentityCodec;
+use swarmsgd_tcp::wire::{
     Ack, AckStatus, Header, Hello, Kind, Status, ACK_LEN, HEADER_LEN, PROTOCOL_VERSION,
 };
-use tcp_transport::{JobAuth, TcpConfig, TcpEndpoint};
+use swarmsgd_tcp::{JobAuth, TcpConfig, TcpEndpoint};
 
 const JOB: u64 = 0x5157_4152_4d00_0001;
 const SECRET: [u8; 32] = [0xA5; 32];
@@ -341,13 +341,13 @@ fn threaded_pairwise_averaging_over_tcp_conserves_the_mean_exactly_once_settled(
         assert!(swarm.stats().interactions >= target, "{:?}", swarm.stats());
     }
     let models: Vec<&[f32]> = finished.iter().map(|(_, x)| x.as_slice()).collect();
-    let mean_now = swarm_core::mean_of(models.iter().copied());
-    let mean_start = swarm_core::mean_of(start.iter().map(|m| m.as_slice()));
+    let mean_now = swarmsgd_core::mean_of(models.iter().copied());
+    let mean_start = swarmsgd_core::mean_of(start.iter().map(|m| m.as_slice()));
     for (a, b) in mean_now.iter().zip(&mean_start) {
         assert!((a - b).abs() < 1e-3, "mean moved from {b} to {a}");
     }
-    let spread_start = swarm_core::spread(start.iter().map(|m| m.as_slice()));
-    assert!(swarm_core::spread(models.iter().copied()) < 1e-3 * spread_start);
+    let spread_start = swarmsgd_core::spread(start.iter().map(|m| m.as_slice()));
+    assert!(swarmsgd_core::spread(models.iter().copied()) < 1e-3 * spread_start);
     let folded: u64 = finished
         .iter()
         .map(|(s, _)| s.stats().corrections_folded)

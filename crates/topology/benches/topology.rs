@@ -5,8 +5,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use topology::spectral::{self, SpectralOptions};
-use topology::TopologySpec;
+use swarmsgd_topology::spectral::{self, SpectralOptions};
+use swarmsgd_topology::TopologySpec;
 
 fn generation(c: &mut Criterion) {
     let mut group = c.benchmark_group("generate");

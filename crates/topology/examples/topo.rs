@@ -5,13 +5,13 @@
 //! cargo run -p topology --example topo -- hw
 //! ```
 
-use topology::export::{self, Format};
-use topology::{Stats, TopologyError, TopologySpec};
+use swarmsgd_topology::export::{self, Format};
+use swarmsgd_topology::{Stats, TopologyError, TopologySpec};
 
 fn main() -> Result<(), TopologyError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("hw") => print!("{}", topology::hw::report()?),
+        Some("hw") => print!("{}", swarmsgd_topology::hw::report()?),
         Some("gen") if args.len() >= 3 => {
             let spec: TopologySpec = args[1].parse()?;
             let n: usize = args[2].parse().map_err(|_| topology_error("n", &args[2]))?;

@@ -15,7 +15,7 @@
 //! - [`hw`]: NUMA / NIC locality through `hwlocality` (feature `hwloc`, on by default).
 //!
 //! ```
-//! use topology::{analysis::Stats, TopologySpec};
+//! use swarmsgd_topology::{analysis::Stats, TopologySpec};
 //!
 //! let spec: TopologySpec = "regular:4".parse()?;
 //! let g = spec.build(100, 7)?;
@@ -24,7 +24,7 @@
 //! let stats = Stats::compute(&g);
 //! assert!(stats.connected);
 //! println!("{stats}");
-//! # Ok::<(), topology::TopologyError>(())
+//! # Ok::<(), swarmsgd_topology::TopologyError>(())
 //! ```
 
 pub mod analysis;

@@ -4,9 +4,9 @@
 
 use std::f64::consts::PI;
 
-use topology::analysis::{self, Stats};
-use topology::spectral::{self, Method, SpectralOptions};
-use topology::{Graph, TopologyError, TopologySpec};
+use swarmsgd_topology::analysis::{self, Stats};
+use swarmsgd_topology::spectral::{self, Method, SpectralOptions};
+use swarmsgd_topology::{Graph, TopologyError, TopologySpec};
 
 fn build(spec: &str, n: usize, seed: u64) -> Graph {
     spec.parse::<TopologySpec>()
@@ -322,7 +322,7 @@ fn impossible_parameters_are_named() {
 
 #[test]
 fn malformed_edge_lists_name_the_line() {
-    use topology::export::parse_edge_list;
+    use swarmsgd_topology::export::parse_edge_list;
     let cases = [
         ("0 1\n1 2 3\n", 2, "two node ids"),
         ("0 1\n# ok\n1 x\n", 3, "`x` is not a non-negative integer"),
@@ -355,7 +355,7 @@ fn file_spec_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("g.txt");
     let g = build("regular:3", 20, 4);
-    std::fs::write(&path, topology::export::to_edge_list(&g)).unwrap();
+    std::fs::write(&path, swarmsgd_topology::export::to_edge_list(&g)).unwrap();
     let spec: TopologySpec = format!("file:{}", path.display()).parse().unwrap();
     assert_eq!(spec.build(0, 0).unwrap(), g);
     assert_eq!(spec.build(20, 0).unwrap(), g);

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use rand::{rngs::StdRng, SeedableRng};
-use topology::{analysis, export, TopologySpec};
+use swarmsgd_topology::{analysis, export, TopologySpec};
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]

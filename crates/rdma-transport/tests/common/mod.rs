@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
-use rdma_transport::RdmaConfig;
+use swarmsgd_rdma::RdmaConfig;
 
 /// Environment variable naming the role of a child process.
 pub const ROLE: &str = "SWARM_RDMA_TEST_ROLE";
@@ -29,7 +29,7 @@ pub fn cfg(side: &str) -> RdmaConfig {
 /// True (after printing why) when there is no RDMA device and the test should skip. Inside the
 /// VM `SWARM_RDMA_REQUIRE=1` turns a missing device into a failure.
 pub fn skip(test: &str) -> bool {
-    match rdma_transport::device_available(&cfg("A")) {
+    match swarmsgd_rdma::device_available(&cfg("A")) {
         Ok(()) => false,
         Err(e) => {
             if std::env::var("SWARM_RDMA_REQUIRE").as_deref() == Ok("1") {
