@@ -219,6 +219,68 @@ fn pairwise_with(x: &mut [f32], y: impl Iterator<Item = f32>, correction: &mut [
     }
 }
 
+/// Why a peer's copy was not averaged in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// It holds a NaN or an infinity.
+    NonFinite,
+    /// A coordinate lies further than the limit from this node's model.
+    TooFar,
+}
+
+/// Checks that every value of `y` (little-endian f32 bytes) is finite and within `limit` of `x`
+/// in every coordinate.
+pub fn check_copy_le(x: &[f32], y: &[u8], limit: f32) -> Result<(), Rejected> {
+    assert_eq!(
+        4 * x.len(),
+        y.len(),
+        "averaging vectors of different lengths"
+    );
+    // Lane-wise flags so that the compiler vectorizes; a short-circuiting scan would stay scalar.
+    let mut finite = [true; 8];
+    let mut near = [true; 8];
+    let (xs, ys) = (x.chunks_exact(8), y.chunks_exact(32));
+    let (xr, yr) = (xs.remainder(), ys.remainder());
+    for (a, b) in xs.zip(ys) {
+        for (k, v) in le_values(b).enumerate() {
+            finite[k] &= v.is_finite();
+            near[k] &= (a[k] - v).abs() <= limit;
+        }
+    }
+    for (a, v) in xr.iter().zip(le_values(yr)) {
+        finite[0] &= v.is_finite();
+        near[0] &= (a - v).abs() <= limit;
+    }
+    if !finite.iter().all(|&f| f) {
+        Err(Rejected::NonFinite)
+    } else if !near.iter().all(|&n| n) {
+        Err(Rejected::TooFar)
+    } else {
+        Ok(())
+    }
+}
+
+/// [`average_into_le`] of a copy that passes [`check_copy_le`]; a rejected copy leaves `x`
+/// untouched.
+pub fn average_checked_le(x: &mut [f32], y: &[u8], limit: f32) -> Result<(), Rejected> {
+    check_copy_le(x, y, limit)?;
+    average_into_le(x, y);
+    Ok(())
+}
+
+/// [`pairwise_average_le`] of a copy that passes [`check_copy_le`]; a rejected copy leaves `x`
+/// and `correction` untouched.
+pub fn pairwise_checked_le(
+    x: &mut [f32],
+    y: &[u8],
+    correction: &mut [f32],
+    limit: f32,
+) -> Result<(), Rejected> {
+    check_copy_le(x, y, limit)?;
+    pairwise_average_le(x, y, correction);
+    Ok(())
+}
+
 /// `x <- x + correction`.
 pub fn fold_correction(x: &mut [f32], correction: &[f32]) {
     assert_eq!(

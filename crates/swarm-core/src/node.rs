@@ -1,7 +1,16 @@
 //! One SwarmSGD node driven over a [`Transport`]: the runtime used by the trainer's threads and
 //! processes.
+//!
+//! The node is a state machine that never waits on the network unless asked to
+//! ([`Overlap::Off`], [`SwarmNode::drain`]): an interaction starts a one-sided read of the
+//! partner's window and returns; the caller keeps taking local steps and calls the node back
+//! between steps; when the copy has landed it is averaged into the caller's *current* model (and,
+//! for pairwise averaging, the correction computed against that same model is written into the
+//! partner's inbox), so the sum of all models stays exact however stale the copy is.
 
 use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
 
 use quant::{Codec, IdentityCodec};
 use rand::rngs::StdRng;
@@ -9,8 +18,8 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::algorithm::{
-    all_finite_le, average_into, average_into_le, fold_correction, fold_correction_le, le_bytes,
-    le_values, linf_distance, pairwise_average, pairwise_average_le,
+    all_finite_le, average_checked_le, average_into, fold_correction, fold_correction_le, le_bytes,
+    le_values, linf_distance, pairwise_average, pairwise_checked_le,
 };
 use crate::transport::{Completion, OpId, ReadOutcome, Transport, WriteOutcome};
 use crate::{Interaction, LocalSteps, NodeId, Schedule, SwarmError, TransportError};
@@ -21,7 +30,8 @@ use crate::{Interaction, LocalSteps, NodeId, Schedule, SwarmError, TransportErro
 pub struct NodeStats {
     /// Local SGD steps taken.
     pub local_steps: u64,
-    /// Interactions completed (a peer's model was averaged in).
+    /// Interactions completed (a peer's model was averaged in and, for pairwise averaging, the
+    /// correction delivered).
     pub interactions: u64,
     /// Interactions skipped because the peer had not published yet.
     pub skipped_unpublished: u64,
@@ -52,6 +62,16 @@ pub struct NodeStats {
     /// full-precision re-reads after a failed decode) and correction writes. The network-time
     /// model charges one latency per message.
     pub messages: u64,
+    /// Peer copies averaged into this node's model.
+    pub copies_averaged: u64,
+    /// Sum over averaged copies of the local steps this node took between starting the read and
+    /// averaging the copy in (0 when the read completed before the next step).
+    pub staleness_steps_total: u64,
+    /// The largest such count.
+    pub staleness_steps_max: u64,
+    /// Interactions that fell due while the previous one was still in flight; each started as
+    /// soon as the previous one ended.
+    pub deferred: u64,
 }
 
 impl NodeStats {
@@ -59,23 +79,91 @@ impl NodeStats {
     pub fn bytes_sent(&self) -> u64 {
         self.bytes_read + self.bytes_written
     }
+
+    /// Mean local steps by which an averaged copy was stale (0 without averaged copies).
+    pub fn mean_staleness(&self) -> f64 {
+        if self.copies_averaged == 0 {
+            0.0
+        } else {
+            self.staleness_steps_total as f64 / self.copies_averaged as f64
+        }
+    }
+}
+
+/// Whether a node keeps computing while its interaction is on the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    /// Start the read and return; average the copy into the current model once it has landed.
+    #[default]
+    On,
+    /// Wait for every operation of an interaction before the next local step (the behaviour of
+    /// earlier versions, kept for comparison).
+    Off,
+}
+
+impl fmt::Display for Overlap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Overlap::On => "on",
+            Overlap::Off => "off",
+        })
+    }
+}
+
+impl FromStr for Overlap {
+    type Err = SwarmError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "on" => Ok(Overlap::On),
+            "off" => Ok(Overlap::Off),
+            other => Err(SwarmError::Config(format!(
+                "unknown overlap '{other}': use on or off"
+            ))),
+        }
+    }
+}
+
+/// The operation of the interaction in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Reading the partner's model as published (encoded, or raw f32).
+    ReadModel,
+    /// Re-reading the raw copy after the encoded one failed to decode.
+    ReadFullPrecision,
+    /// Writing the pairwise correction into the partner's inbox (`len` bytes).
+    WriteCorrection { len: u64 },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    peer: NodeId,
+    op: OpId,
+    stage: Stage,
+    /// `stats.local_steps` when the interaction started.
+    started_at: u64,
 }
 
 /// A SwarmSGD node: schedule, codec, and the buffers it needs to average with peers.
 ///
 /// The model itself stays with the caller (a flat `&mut [f32]`). The caller's loop is:
 /// [`SwarmNode::publish`] once at start; then per step: [`SwarmNode::step_boundary`], a local SGD
-/// step, [`SwarmNode::after_local_step`]. Once every node has stopped, one last
-/// [`SwarmNode::step_boundary`] per node folds the corrections still in flight.
+/// step, [`SwarmNode::after_local_step`]. With [`Overlap::On`] (the default) an interaction may
+/// still be on the network when these return; [`SwarmNode::drain`] waits for it (call it before
+/// handing the model over, e.g. at the end of training). Once every node has stopped and drained,
+/// one last [`SwarmNode::step_boundary`] per node folds the corrections still in inboxes.
 ///
 /// Wire layout of the published window: with full precision, the model as raw little-endian f32
 /// (no encode or decode pass); with a quantizing codec, the encoded model, zero padding to 8 bytes,
-/// then the raw model as the fallback for a failed decode. Pairwise corrections are raw f32.
+/// then the raw model as the fallback for a failed decode. Pairwise corrections are raw f32 or
+/// encoded by the correction codec.
 pub struct SwarmNode<T: Transport> {
     transport: T,
     neighbours: Vec<NodeId>,
     interaction: Interaction,
     schedule: Schedule,
+    overlap: Overlap,
     rng: StdRng,
     codec: Box<dyn Codec>,
     dim: usize,
@@ -85,9 +173,11 @@ pub struct SwarmNode<T: Transport> {
     quantized: bool,
     encoded: Vec<u8>,
     payload: Vec<u8>,
+    /// Lent to the transport while a read is in flight.
     read_buf: Vec<u8>,
     /// The decoded peer model (quantized reads; raw reads are averaged straight from `read_buf`).
     peer_model: Vec<f32>,
+    /// The correction of the pairwise interaction in flight, as the partner will fold it.
     correction: Vec<f32>,
     /// Encodes pairwise corrections (relative to zero); `None` sends them as raw f32.
     correction_codec: Option<Box<dyn Codec>>,
@@ -97,11 +187,15 @@ pub struct SwarmNode<T: Transport> {
     zeros: Vec<f32>,
     unreachable: BTreeSet<NodeId>,
     max_peer_distance: Option<f32>,
+    in_flight: Option<InFlight>,
+    /// An interaction fell due while another was in flight.
+    due: bool,
     stats: NodeStats,
 }
 
 impl<T: Transport> SwarmNode<T> {
-    /// A node of dimension `dim` (model length) with the given neighbours.
+    /// A node of dimension `dim` (model length) with the given neighbours, overlapping its
+    /// interactions with local steps ([`Overlap::On`]).
     pub fn new(
         transport: T,
         neighbours: Vec<NodeId>,
@@ -144,6 +238,7 @@ impl<T: Transport> SwarmNode<T> {
             neighbours,
             interaction,
             schedule,
+            overlap: Overlap::On,
             rng,
             codec,
             dim,
@@ -160,8 +255,17 @@ impl<T: Transport> SwarmNode<T> {
             zeros: Vec::new(),
             unreachable: BTreeSet::new(),
             max_peer_distance: None,
+            in_flight: None,
+            due: false,
             stats: NodeStats::default(),
         })
+    }
+
+    /// Whether interactions overlap local steps ([`Overlap::On`], the default) or each one is
+    /// waited for ([`Overlap::Off`]).
+    pub fn with_overlap(mut self, overlap: Overlap) -> Self {
+        self.overlap = overlap;
+        self
     }
 
     /// Sends pairwise corrections encoded with `codec` (decoded relative to a zero vector) instead
@@ -218,6 +322,16 @@ impl<T: Transport> SwarmNode<T> {
         &self.transport
     }
 
+    /// Whether an interaction is on the network.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// The overlap mode.
+    pub fn overlap(&self) -> Overlap {
+        self.overlap
+    }
+
     /// Bytes a window must hold for this node's payload.
     pub fn payload_capacity(&self) -> usize {
         if self.quantized {
@@ -249,9 +363,16 @@ impl<T: Transport> SwarmNode<T> {
     }
 
     /// Folds every correction waiting in the inbox into `params` and, if there was any, republishes
-    /// before freeing the slots. Call before each local step.
+    /// before freeing the slots; then averages in a copy that has landed meanwhile. Call before
+    /// each local step. Returns how many corrections were folded.
     pub fn step_boundary(&mut self, params: &mut [f32]) -> Result<usize, SwarmError> {
         self.check_len(params)?;
+        let folded = self.fold_inbox(params)?;
+        self.progress(params)?;
+        Ok(folded)
+    }
+
+    fn fold_inbox(&mut self, params: &mut [f32]) -> Result<usize, SwarmError> {
         let mut folded = 0u64;
         let mut rejected = 0u64;
         let mut absurd = 0u64;
@@ -306,236 +427,72 @@ impl<T: Transport> SwarmNode<T> {
         Ok(folded as usize)
     }
 
-    /// Records one local step; when the schedule says so, averages with a random neighbour and
-    /// republishes. Returns the peer averaged with, if any.
+    /// Records one local step; when the schedule says so, starts an interaction with a random
+    /// neighbour (or, if one is still in flight, starts it as soon as that one ends). Then
+    /// advances what is in flight: with [`Overlap::Off`] it waits for the interaction to end.
+    /// Returns the peer averaged with during this call, if any.
     pub fn after_local_step(&mut self, params: &mut [f32]) -> Result<Option<NodeId>, SwarmError> {
-        self.stats.local_steps += 1;
-        if !self.schedule.on_local_step(&mut self.rng) {
-            return Ok(None);
-        }
-        let reachable: Vec<NodeId> = self
-            .neighbours
-            .iter()
-            .copied()
-            .filter(|p| !self.unreachable.contains(p))
-            .collect();
-        let Some(peer) = Schedule::pick_neighbour(&reachable, &mut self.rng) else {
-            return Ok(None);
-        };
-        let averaged = self.interact_with(peer, params)?;
-        Ok(averaged.then_some(peer))
-    }
-
-    /// Averages `params` with `peer`'s published model (and, for pairwise, deposits the correction
-    /// into its inbox), then republishes. Returns false when the interaction was skipped.
-    pub fn interact_with(&mut self, peer: NodeId, params: &mut [f32]) -> Result<bool, SwarmError> {
         self.check_len(params)?;
-        if self.interaction == Interaction::Pairwise {
-            match self.transport.slot_free_at(peer) {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.stats.skipped_busy += 1;
-                    return Ok(false);
-                }
-                Err(e) => {
-                    self.mark_unreachable(peer, e);
-                    return Ok(false);
-                }
+        self.stats.local_steps += 1;
+        if self.schedule.on_local_step(&mut self.rng) {
+            if self.in_flight.is_some() {
+                self.due = true;
+                self.stats.deferred += 1;
+            } else {
+                self.start_random(params)?;
             }
         }
-        match self.read_peer(peer, params) {
-            Ok(true) => {}
-            Ok(false) => return Ok(false),
-            Err(SwarmError::Transport(e)) => {
-                self.mark_unreachable(peer, e);
-                return Ok(false);
-            }
-            Err(e) => return Err(e),
+        let averaged = self.progress(params)?;
+        if self.overlap == Overlap::Off {
+            return Ok(self.wait_idle(params)?.or(averaged));
         }
-        let raw = !self.quantized;
-        if !raw {
-            // Only quantizing codecs adapt their step to the distance between models.
-            let distance = linf_distance(params, &self.peer_model);
-            self.codec.observe_distance(distance);
-        }
-        match self.interaction {
-            Interaction::Pull if raw => average_into_le(params, &self.read_buf),
-            Interaction::Pull => average_into(params, &self.peer_model),
-            Interaction::Pairwise => {
-                if raw {
-                    pairwise_average_le(params, &self.read_buf, &mut self.correction);
-                } else {
-                    pairwise_average(params, &self.peer_model, &mut self.correction);
-                }
-                if !self.deposit_correction(peer, params)? {
-                    // Not delivered: undo our half so that the sum of models stays conserved.
-                    fold_correction(params, &self.correction);
-                    return Ok(false);
-                }
-            }
-            Interaction::Blocking => unreachable!("rejected in SwarmNode::new"),
-        }
-        self.stats.interactions += 1;
-        self.publish(params)?;
-        Ok(true)
+        Ok(averaged)
     }
 
-    /// Writes `self.correction` into `peer`'s inbox, encoded if a correction codec is set (then
-    /// `params` and `self.correction` are adjusted to the decoded correction, so that the sum of
-    /// models stays exact). Returns whether it was delivered.
-    fn deposit_correction(&mut self, peer: NodeId, params: &mut [f32]) -> Result<bool, SwarmError> {
-        let mut encoded = false;
-        if let Some(codec) = &mut self.correction_codec {
-            codec.observe_distance(linf_distance(&self.correction, &self.zeros));
-            codec.encode(&self.correction, &mut self.correction_bytes)?;
-            let report = codec.decode(
-                &self.correction_bytes,
-                &self.zeros,
-                &mut self.correction_decoded,
-            );
-            if matches!(report, Ok(r) if r.is_ok())
-                && self.correction_decoded.iter().all(|v| v.is_finite())
-            {
-                for ((x, c), d) in params
-                    .iter_mut()
-                    .zip(&self.correction)
-                    .zip(&self.correction_decoded)
-                {
-                    *x += c - d;
-                }
-                self.correction.copy_from_slice(&self.correction_decoded);
-                encoded = true;
-            }
-        }
-        let payload: &[u8] = if encoded {
-            &self.correction_bytes
-        } else {
-            &le_bytes(&self.correction)
-        };
-        let payload_len = payload.len() as u64;
-        let started = self.transport.start_write(peer, payload);
-        let op = match started {
-            Ok(op) => op,
-            Err(e) => {
-                self.mark_unreachable(peer, e);
-                return Ok(false);
-            }
-        };
-        match self.wait(op) {
-            Completion::Write {
-                result: Ok(WriteOutcome::Delivered),
-                ..
-            } => {
-                self.stats.bytes_written += payload_len;
-                self.stats.messages += 1;
-                Ok(true)
-            }
-            Completion::Write {
-                result: Ok(WriteOutcome::SlotBusy),
-                ..
-            } => {
-                self.stats.skipped_busy += 1;
-                Ok(false)
-            }
-            Completion::Write { result: Err(e), .. } => {
-                self.mark_unreachable(peer, e);
-                Ok(false)
-            }
-            Completion::Read { .. } => unreachable!("wait returns the completion of its own op"),
-        }
-    }
-
-    fn mark_unreachable(&mut self, peer: NodeId, _why: TransportError) {
-        self.unreachable.insert(peer);
-        self.stats.skipped_unreachable += 1;
-    }
-
-    /// Reads `peer`'s model: raw into `self.read_buf`, or decoded into `self.peer_model`.
-    /// Ok(false): skipped (not published, torn, or not finite).
-    fn read_peer(&mut self, peer: NodeId, reference: &[f32]) -> Result<bool, SwarmError> {
-        if self.read(peer, 0, self.encoded_len)?.is_none() {
-            return Ok(false);
-        }
-        self.stats.bytes_read += self.encoded_len as u64;
-        self.stats.models_read += 1;
-        self.stats.messages += 1;
-        if !self.quantized {
-            if !all_finite_le(&self.read_buf) {
-                self.stats.rejected_non_finite += 1;
-                return Ok(false);
-            }
-            if let Some(limit) = self.max_peer_distance {
-                let far = reference
-                    .iter()
-                    .zip(le_values(&self.read_buf))
-                    .any(|(a, b)| (a - b).abs() > limit);
-                if far {
-                    self.stats.rejected_absurd += 1;
-                    return Ok(false);
-                }
-            }
-            return Ok(true);
-        }
-        let report = self
-            .codec
-            .decode(&self.read_buf, reference, &mut self.peer_model);
-        if !matches!(report, Ok(r) if r.is_ok()) {
-            self.stats.decode_fallbacks += 1;
-            let offset = self.full_precision_offset();
-            if self.read(peer, offset, 4 * self.dim)?.is_none() {
-                return Ok(false);
-            }
-            self.stats.bytes_read += 4 * self.dim as u64;
-            self.stats.messages += 1;
-            for (v, x) in self.peer_model.iter_mut().zip(le_values(&self.read_buf)) {
-                *v = x;
-            }
-        }
-        if !self.peer_model.iter().all(|v| v.is_finite()) {
-            self.stats.rejected_non_finite += 1;
-            return Ok(false);
-        }
-        if let Some(limit) = self.max_peer_distance {
-            if linf_distance(reference, &self.peer_model) > limit {
-                self.stats.rejected_absurd += 1;
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
-    /// One read into `self.read_buf`; Ok(None) if the peer has not published or the copy was torn.
-    fn read(&mut self, peer: NodeId, offset: usize, len: usize) -> Result<Option<u64>, SwarmError> {
-        let buf = std::mem::take(&mut self.read_buf);
-        let op = self.transport.start_read(peer, offset, len, buf)?;
-        match self.wait(op) {
-            Completion::Read { buf, result, .. } => {
-                self.read_buf = buf;
-                match result? {
-                    ReadOutcome::Model { version } => Ok(Some(version)),
-                    ReadOutcome::NotPublished => {
-                        self.stats.skipped_unpublished += 1;
-                        Ok(None)
-                    }
-                    ReadOutcome::Torn => {
-                        self.stats.skipped_torn += 1;
-                        Ok(None)
-                    }
-                }
-            }
-            Completion::Write { .. } => unreachable!("wait returns the completion of its own op"),
-        }
-    }
-
-    /// Polls until `op` completes. Operations are issued one at a time, so no other completion
-    /// can be pending.
-    fn wait(&mut self, op: OpId) -> Completion {
-        let mut polls = 0u32;
+    /// Advances the interaction in flight without waiting: lands a copy that has arrived
+    /// (averaging it into `params` and, for pairwise, starting the correction's write), finishes
+    /// a write that completed, and starts an interaction that fell due meanwhile. Returns the peer
+    /// averaged with, if a copy was averaged in.
+    pub fn progress(&mut self, params: &mut [f32]) -> Result<Option<NodeId>, SwarmError> {
+        self.check_len(params)?;
+        let mut averaged = None;
         loop {
-            if let Some(c) = self.transport.poll() {
-                if c.op() == op {
-                    return c;
+            if self.in_flight.is_none() {
+                if !self.due {
+                    return Ok(averaged);
                 }
+                self.due = false;
+                self.start_random(params)?;
+                if self.in_flight.is_none() {
+                    return Ok(averaged);
+                }
+            }
+            let Some(completion) = self.transport.poll() else {
+                return Ok(averaged);
+            };
+            if let Some(peer) = self.complete(completion, params)? {
+                averaged = Some(peer);
+            }
+        }
+    }
+
+    /// Waits until no interaction is in flight (an interaction that is due but not started is
+    /// dropped). Call before handing the model over: afterwards `params` holds every change this
+    /// node made, and every correction it owes has been delivered or taken back.
+    pub fn drain(&mut self, params: &mut [f32]) -> Result<(), SwarmError> {
+        self.due = false;
+        self.wait_idle(params).map(|_| ())
+    }
+
+    fn wait_idle(&mut self, params: &mut [f32]) -> Result<Option<NodeId>, SwarmError> {
+        let mut averaged = None;
+        let mut polls = 0u32;
+        while self.in_flight.is_some() {
+            if let Some(peer) = self.progress(params)? {
+                averaged = Some(peer);
+            }
+            if self.in_flight.is_none() {
+                break;
             }
             // Spin briefly for fast (in-process, RDMA) completions, then leave the core to others:
             // networked operations take far longer than a spin, and processes may share cores.
@@ -546,6 +503,307 @@ impl<T: Transport> SwarmNode<T> {
                 std::thread::yield_now();
             }
         }
+        Ok(averaged)
+    }
+
+    /// Averages `params` with `peer`'s published model (and, for pairwise, deposits the correction
+    /// into its inbox), waiting for the whole interaction whatever the overlap mode. Returns false
+    /// when the interaction was skipped.
+    pub fn interact_with(&mut self, peer: NodeId, params: &mut [f32]) -> Result<bool, SwarmError> {
+        self.check_len(params)?;
+        self.drain(params)?;
+        let before = self.stats.interactions;
+        self.start(peer, params)?;
+        self.wait_idle(params)?;
+        Ok(self.stats.interactions > before)
+    }
+
+    fn start_random(&mut self, params: &mut [f32]) -> Result<(), SwarmError> {
+        let reachable: Vec<NodeId> = self
+            .neighbours
+            .iter()
+            .copied()
+            .filter(|p| !self.unreachable.contains(p))
+            .collect();
+        match Schedule::pick_neighbour(&reachable, &mut self.rng) {
+            Some(peer) => self.start(peer, params),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts an interaction with `peer`: checks the inbox slot (pairwise), then starts the read.
+    fn start(&mut self, peer: NodeId, params: &mut [f32]) -> Result<(), SwarmError> {
+        debug_assert!(self.in_flight.is_none());
+        if self.interaction == Interaction::Pairwise {
+            match self.transport.slot_free_at(peer) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.stats.skipped_busy += 1;
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.mark_unreachable(peer, e);
+                    return Ok(());
+                }
+            }
+        }
+        let started_at = self.stats.local_steps;
+        self.start_read(peer, Stage::ReadModel, 0, self.encoded_len, started_at);
+        // A transport that completes at once (in-process) lands the copy before the next step.
+        self.progress(params)?;
+        Ok(())
+    }
+
+    fn start_read(&mut self, peer: NodeId, stage: Stage, offset: usize, len: usize, at: u64) {
+        let buf = std::mem::take(&mut self.read_buf);
+        match self.transport.start_read(peer, offset, len, buf) {
+            Ok(op) => {
+                self.in_flight = Some(InFlight {
+                    peer,
+                    op,
+                    stage,
+                    started_at: at,
+                })
+            }
+            Err(e) => self.mark_unreachable(peer, e),
+        }
+    }
+
+    /// Handles one completion of the interaction in flight. Returns the peer whose copy was
+    /// averaged in, if this completion did that.
+    fn complete(
+        &mut self,
+        completion: Completion,
+        params: &mut [f32],
+    ) -> Result<Option<NodeId>, SwarmError> {
+        let Some(flight) = self.in_flight else {
+            return Ok(None);
+        };
+        if completion.op() != flight.op {
+            // Not ours (cannot happen with one operation at a time); ignore it.
+            return Ok(None);
+        }
+        self.in_flight = None;
+        match completion {
+            Completion::Read { buf, result, .. } => {
+                self.read_buf = buf;
+                self.land_read(flight, result, params)
+            }
+            Completion::Write { result, .. } => {
+                let Stage::WriteCorrection { len } = flight.stage else {
+                    return Ok(None);
+                };
+                match result {
+                    Ok(WriteOutcome::Delivered) => {
+                        self.stats.bytes_written += len;
+                        self.stats.messages += 1;
+                        self.stats.interactions += 1;
+                    }
+                    Ok(WriteOutcome::SlotBusy) => {
+                        self.stats.skipped_busy += 1;
+                        self.take_back_correction(params)?;
+                    }
+                    Err(e) => {
+                        self.mark_unreachable(flight.peer, e);
+                        self.take_back_correction(params)?;
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Not delivered: add our half back so that the sum of models stays conserved.
+    fn take_back_correction(&mut self, params: &mut [f32]) -> Result<(), SwarmError> {
+        fold_correction(params, &self.correction);
+        self.publish(params)
+    }
+
+    fn land_read(
+        &mut self,
+        flight: InFlight,
+        result: Result<ReadOutcome, TransportError>,
+        params: &mut [f32],
+    ) -> Result<Option<NodeId>, SwarmError> {
+        let peer = flight.peer;
+        match result {
+            Ok(ReadOutcome::Model { .. }) => {}
+            Ok(ReadOutcome::NotPublished) => {
+                self.stats.skipped_unpublished += 1;
+                return Ok(None);
+            }
+            Ok(ReadOutcome::Torn) => {
+                self.stats.skipped_torn += 1;
+                return Ok(None);
+            }
+            Err(e) => {
+                self.mark_unreachable(peer, e);
+                return Ok(None);
+            }
+        }
+        self.stats.bytes_read += self.read_buf.len() as u64;
+        self.stats.messages += 1;
+        if !self.quantized {
+            self.stats.models_read += 1;
+            return self.average_raw(flight, params);
+        }
+        match flight.stage {
+            Stage::ReadModel => {
+                self.stats.models_read += 1;
+                let report = self
+                    .codec
+                    .decode(&self.read_buf, params, &mut self.peer_model);
+                if !matches!(report, Ok(r) if r.is_ok()) {
+                    self.stats.decode_fallbacks += 1;
+                    let offset = self.full_precision_offset();
+                    self.start_read(
+                        peer,
+                        Stage::ReadFullPrecision,
+                        offset,
+                        4 * self.dim,
+                        flight.started_at,
+                    );
+                    return Ok(None);
+                }
+            }
+            Stage::ReadFullPrecision => {
+                for (v, x) in self.peer_model.iter_mut().zip(le_values(&self.read_buf)) {
+                    *v = x;
+                }
+            }
+            Stage::WriteCorrection { .. } => return Ok(None),
+        }
+        self.average_decoded(flight, params)
+    }
+
+    /// Averages the raw copy in `read_buf` into `params` in one pass that also checks it
+    /// (finite, within the distance limit); a rejected copy leaves `params` untouched.
+    fn average_raw(
+        &mut self,
+        flight: InFlight,
+        params: &mut [f32],
+    ) -> Result<Option<NodeId>, SwarmError> {
+        let limit = self.max_peer_distance.unwrap_or(f32::INFINITY);
+        let verdict = match self.interaction {
+            Interaction::Pairwise => {
+                pairwise_checked_le(params, &self.read_buf, &mut self.correction, limit)
+            }
+            _ => average_checked_le(params, &self.read_buf, limit),
+        };
+        if let Err(why) = verdict {
+            match why {
+                crate::algorithm::Rejected::NonFinite => self.stats.rejected_non_finite += 1,
+                crate::algorithm::Rejected::TooFar => self.stats.rejected_absurd += 1,
+            }
+            return Ok(None);
+        }
+        self.after_average(flight, params)
+    }
+
+    /// Checks and averages the decoded (or fallback) copy in `peer_model` into `params`.
+    fn average_decoded(
+        &mut self,
+        flight: InFlight,
+        params: &mut [f32],
+    ) -> Result<Option<NodeId>, SwarmError> {
+        if !self.peer_model.iter().all(|v| v.is_finite()) {
+            self.stats.rejected_non_finite += 1;
+            return Ok(None);
+        }
+        let distance = linf_distance(params, &self.peer_model);
+        if self.max_peer_distance.is_some_and(|limit| distance > limit) {
+            self.stats.rejected_absurd += 1;
+            return Ok(None);
+        }
+        // Only quantizing codecs adapt their step to the distance between models.
+        self.codec.observe_distance(distance);
+        match self.interaction {
+            Interaction::Pairwise => {
+                pairwise_average(params, &self.peer_model, &mut self.correction)
+            }
+            _ => average_into(params, &self.peer_model),
+        }
+        self.after_average(flight, params)
+    }
+
+    /// The copy is averaged in: count its staleness, republish, and for pairwise averaging start
+    /// writing the correction.
+    fn after_average(
+        &mut self,
+        flight: InFlight,
+        params: &mut [f32],
+    ) -> Result<Option<NodeId>, SwarmError> {
+        let stale = self.stats.local_steps - flight.started_at;
+        self.stats.copies_averaged += 1;
+        self.stats.staleness_steps_total += stale;
+        self.stats.staleness_steps_max = self.stats.staleness_steps_max.max(stale);
+        if self.interaction == Interaction::Pairwise {
+            let encoded = self.encode_correction(params);
+            let payload: &[u8] = if encoded {
+                &self.correction_bytes
+            } else {
+                &le_bytes(&self.correction)
+            };
+            let len = payload.len() as u64;
+            match self.transport.start_write(flight.peer, payload) {
+                Ok(op) => {
+                    self.in_flight = Some(InFlight {
+                        op,
+                        stage: Stage::WriteCorrection { len },
+                        ..flight
+                    });
+                }
+                Err(e) => {
+                    self.mark_unreachable(flight.peer, e);
+                    fold_correction(params, &self.correction);
+                }
+            }
+        } else {
+            self.stats.interactions += 1;
+        }
+        self.publish(params)?;
+        Ok(Some(flight.peer))
+    }
+
+    /// Encodes `self.correction` with the correction codec, if one is set and the encoded
+    /// correction decodes to finite values; then `params` and `self.correction` are adjusted to
+    /// the decoded correction, so that the sum of models stays exact. Returns whether the
+    /// encoded form (in `self.correction_bytes`) is to be sent.
+    fn encode_correction(&mut self, params: &mut [f32]) -> bool {
+        let Some(codec) = &mut self.correction_codec else {
+            return false;
+        };
+        codec.observe_distance(linf_distance(&self.correction, &self.zeros));
+        if codec
+            .encode(&self.correction, &mut self.correction_bytes)
+            .is_err()
+        {
+            return false;
+        }
+        let report = codec.decode(
+            &self.correction_bytes,
+            &self.zeros,
+            &mut self.correction_decoded,
+        );
+        if !(matches!(report, Ok(r) if r.is_ok())
+            && self.correction_decoded.iter().all(|v| v.is_finite()))
+        {
+            return false;
+        }
+        for ((x, c), d) in params
+            .iter_mut()
+            .zip(&self.correction)
+            .zip(&self.correction_decoded)
+        {
+            *x += c - d;
+        }
+        self.correction.copy_from_slice(&self.correction_decoded);
+        true
+    }
+
+    fn mark_unreachable(&mut self, peer: NodeId, _why: TransportError) {
+        self.unreachable.insert(peer);
+        self.stats.skipped_unreachable += 1;
     }
 
     fn check_len(&self, params: &[f32]) -> Result<(), SwarmError> {
