@@ -326,7 +326,10 @@ fn threaded_pairwise_averaging_over_tcp_conserves_the_mean_exactly_once_settled(
         })
         .collect();
     let mut finished: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    // Settle: every node folds what is still in its inbox.
+    // Settle: every node lands what is still in flight, then folds what is in its inbox.
+    for (swarm, x) in &mut finished {
+        swarm.drain(x).unwrap();
+    }
     for (swarm, x) in &mut finished {
         swarm.step_boundary(x).unwrap();
     }
