@@ -15,6 +15,7 @@
 //! registers between the kernel and the packing. Everything is monomorphized per width and
 //! runs inside [`crate::simd::run`], which picks the SIMD width at run time.
 
+use crate::simd::{Stream, CHUNK};
 use crate::QuantError;
 
 /// Codes per kernel block.
@@ -253,12 +254,44 @@ pub(crate) trait DecodeKernel {
 /// `ahead` (the next bucket, or `&[]`) is touched one value per cache line along the way, so
 /// that its reads from memory overlap this bucket's arithmetic instead of waiting for the next
 /// statistics pass (a software prefetch without `unsafe`).
+///
+/// With a [`Stream`], the codes of every [`CHUNK`] values are packed into its cache-resident
+/// stage and streamed to `out` (same bytes, no read-for-ownership of `out`).
 #[inline(always)]
 pub(crate) fn encode_map<const B: usize, K: EncodeKernel>(
     x: &[f32],
     out: &mut [u8],
     ahead: &[f32],
     k: &mut K,
+    stream: Option<&mut Stream>,
+) {
+    match stream {
+        None => encode_map_at::<B, K>(x, out, ahead, k, 0),
+        Some(st) => {
+            for (c, (xc, oc)) in x
+                .chunks(CHUNK)
+                .zip(out.chunks_mut(CHUNK * B / 8))
+                .enumerate()
+            {
+                let ahead = ahead.get(c * CHUNK..).unwrap_or(&[]);
+                st.produce_u8(
+                    oc,
+                    #[inline(always)]
+                    |s| encode_map_at::<B, K>(xc, s, ahead, k, c * (CHUNK / BLOCK)),
+                );
+            }
+        }
+    }
+}
+
+/// [`encode_map`] without a stream, from block `blk0` of the bucket.
+#[inline(always)]
+fn encode_map_at<const B: usize, K: EncodeKernel>(
+    x: &[f32],
+    out: &mut [u8],
+    ahead: &[f32],
+    k: &mut K,
+    blk0: usize,
 ) {
     let mut touched = 0u32;
     let mut codes = [0u32; BLOCK];
@@ -268,7 +301,7 @@ pub(crate) fn encode_map<const B: usize, K: EncodeKernel>(
                 touched ^= v.to_bits();
             }
         }
-        k.begin(blk);
+        k.begin(blk0 + blk);
         match <&[f32; BLOCK]>::try_from(xc) {
             Ok(xs) if oc.len() == 8 * B => {
                 k.code_block(xs, &mut codes);
@@ -323,18 +356,50 @@ pub(crate) fn staged<E>(
 
 /// Decodes `out.len()` values from `bytes` (`packed_len(out.len(), B)` bytes) with `k`, passing
 /// the matching coordinates of `reference` (zero beyond its end; pass `&[]` when unused).
+///
+/// With a [`Stream`], every [`CHUNK`] values are decoded into its cache-resident stage and
+/// streamed to `out` (same values, no read-for-ownership of `out`).
 #[inline(always)]
 pub(crate) fn decode_map<const B: usize, K: DecodeKernel>(
     bytes: &[u8],
     reference: &[f32],
     out: &mut [f32],
     k: &mut K,
+    stream: Option<&mut Stream>,
+) {
+    match stream {
+        None => decode_map_at::<B, K>(bytes, reference, out, k, 0),
+        Some(st) => {
+            for (c, oc) in out.chunks_mut(CHUNK).enumerate() {
+                let start = c * (CHUNK * B / 8);
+                let bc = bytes.get(start..).unwrap_or(&[]);
+                let bc = &bc[..bc.len().min(packed_len(oc.len(), B as u32))];
+                let rc = reference.get(c * CHUNK..).unwrap_or(&[]);
+                let rc = &rc[..rc.len().min(oc.len())];
+                st.produce_f32(
+                    oc,
+                    #[inline(always)]
+                    |s| decode_map_at::<B, K>(bc, rc, s, k, c * (CHUNK / BLOCK)),
+                );
+            }
+        }
+    }
+}
+
+/// [`decode_map`] without a stream, from block `blk0` of the bucket.
+#[inline(always)]
+fn decode_map_at<const B: usize, K: DecodeKernel>(
+    bytes: &[u8],
+    reference: &[f32],
+    out: &mut [f32],
+    k: &mut K,
+    blk0: usize,
 ) {
     let zeros = [0f32; BLOCK];
     let mut codes = [0u32; BLOCK];
     let mut refs = reference.chunks(BLOCK);
     for (blk, (oc, bc)) in out.chunks_mut(BLOCK).zip(bytes.chunks(8 * B)).enumerate() {
-        k.begin(blk);
+        k.begin(blk0 + blk);
         let rc = refs.next().unwrap_or(&[]);
         let n = oc.len();
         if n == BLOCK && bc.len() == 8 * B {
@@ -360,44 +425,78 @@ pub(crate) fn decode_map<const B: usize, K: DecodeKernel>(
 fn pack_all<const B: usize>(codes: &[u32], out: &mut [u8]) {
     crate::simd::run(
         #[inline(always)]
-        || {
-            for (cc, oc) in codes.chunks(BLOCK).zip(out.chunks_mut(8 * B)) {
-                match <&[u32; BLOCK]>::try_from(cc) {
-                    Ok(cs) if oc.len() == 8 * B => pack_block::<B>(cs, oc),
-                    _ => {
-                        let mut buf = [0u32; BLOCK];
-                        buf[..cc.len()].copy_from_slice(cc);
-                        let mut tmp = [0u8; 8 * 16];
-                        pack_block_seq::<B>(&buf, &mut tmp);
-                        let n = oc.len();
-                        oc.copy_from_slice(&tmp[..n]);
-                    }
+        || match Stream::for_footprint(4 * codes.len() + out.len()) {
+            None => pack_run::<B>(codes, out),
+            Some(mut st) => {
+                for (cc, oc) in codes.chunks(CHUNK).zip(out.chunks_mut(CHUNK * B / 8)) {
+                    st.produce_u8(
+                        oc,
+                        #[inline(always)]
+                        |s| pack_run::<B>(cc, s),
+                    );
                 }
             }
         },
     )
 }
 
+#[inline(always)]
+fn pack_run<const B: usize>(codes: &[u32], out: &mut [u8]) {
+    let done = crate::simd::pack_vertical_blocks::<B>(codes, out);
+    let (codes, out) = (&codes[BLOCK * done..], &mut out[8 * B * done..]);
+    for (cc, oc) in codes.chunks(BLOCK).zip(out.chunks_mut(8 * B)) {
+        match <&[u32; BLOCK]>::try_from(cc) {
+            Ok(cs) if oc.len() == 8 * B => pack_block::<B>(cs, oc),
+            _ => {
+                let mut buf = [0u32; BLOCK];
+                buf[..cc.len()].copy_from_slice(cc);
+                let mut tmp = [0u8; 8 * 16];
+                pack_block_seq::<B>(&buf, &mut tmp);
+                let n = oc.len();
+                oc.copy_from_slice(&tmp[..n]);
+            }
+        }
+    }
+}
+
 fn unpack_all<const B: usize>(bytes: &[u8], out: &mut [u32]) {
     crate::simd::run(
         #[inline(always)]
-        || {
-            for (oc, bc) in out.chunks_mut(BLOCK).zip(bytes.chunks(8 * B)) {
-                let n = oc.len();
-                if n == BLOCK && bc.len() == 8 * B {
-                    if let Ok(os) = <&mut [u32; BLOCK]>::try_from(oc) {
-                        unpack_block::<B>(bc, os);
-                    }
-                } else {
-                    let mut tmp = [0u8; 8 * 16];
-                    tmp[..bc.len()].copy_from_slice(bc);
-                    let mut buf = [0u32; BLOCK];
-                    unpack_block_seq::<B>(&tmp, &mut buf);
-                    oc.copy_from_slice(&buf[..n]);
+        || match Stream::for_footprint(bytes.len() + 4 * out.len()) {
+            None => unpack_run::<B>(bytes, out),
+            Some(mut st) => {
+                let done = st.unpack_vertical_stream::<B>(bytes, out);
+                let (bytes, out) = (&bytes[8 * B * done..], &mut out[BLOCK * done..]);
+                for (oc, bc) in out.chunks_mut(CHUNK).zip(bytes.chunks(CHUNK * B / 8)) {
+                    st.produce_u32(
+                        oc,
+                        #[inline(always)]
+                        |s| unpack_run::<B>(bc, s),
+                    );
                 }
             }
         },
     )
+}
+
+#[inline(always)]
+fn unpack_run<const B: usize>(bytes: &[u8], out: &mut [u32]) {
+    let done = crate::simd::unpack_vertical_blocks::<B>(bytes, out);
+    let (bytes, out) = (&bytes[8 * B * done..], &mut out[BLOCK * done..]);
+    for (oc, bc) in out.chunks_mut(BLOCK).zip(bytes.chunks(8 * B)) {
+        let n = oc.len();
+        if n == BLOCK && bc.len() == 8 * B {
+            if let Ok(os) = <&mut [u32; BLOCK]>::try_from(oc) {
+                unpack_block::<B>(bc, os);
+            }
+        } else {
+            let mut tmp = [0u8; 8 * 16];
+            tmp[..bc.len()].copy_from_slice(bc);
+            let mut buf = [0u32; BLOCK];
+            unpack_block_seq::<B>(&tmp, &mut buf);
+            oc.copy_from_slice(&buf[..n]);
+        }
+    }
 }
 
 /// Packs `codes` at `bits` bits each (1..=16; higher bits of each code are ignored) into `out`,

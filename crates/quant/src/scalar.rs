@@ -9,6 +9,7 @@ use crate::bits::{
     DecodeKernel, EncodeKernel, BLOCK,
 };
 use crate::rng::{nonce, LaneRng};
+use crate::simd::Stream;
 use crate::stats::{max_abs, min_max, round_f, round_i, sum_abs, sum_sq};
 use crate::wire::{
     check_header, f32_at, len_u32, put_f32_at, put_header, size_output, Kind, Reader, COMMON_HEADER,
@@ -131,6 +132,7 @@ fn encode_bucketed_map<const B: usize, const P: usize, K: EncodeKernel>(
         #[inline(always)]
         move || {
             let bucket_bytes = bucket * B / 8;
+            let mut stream = Stream::for_footprint(4 * x.len() + codes.len());
             for (b, (xb, cb)) in x
                 .chunks(bucket)
                 .zip(codes.chunks_mut(bucket_bytes))
@@ -141,7 +143,13 @@ fn encode_bucketed_map<const B: usize, const P: usize, K: EncodeKernel>(
                     put_f32_at(params, b * P + j, *v);
                 }
                 let ahead = x.get((b + 1) * bucket..).unwrap_or(&[]);
-                encode_map::<B, K>(xb, cb, &ahead[..ahead.len().min(bucket)], &mut k);
+                encode_map::<B, K>(
+                    xb,
+                    cb,
+                    &ahead[..ahead.len().min(bucket)],
+                    &mut k,
+                    stream.as_mut(),
+                );
             }
             Ok(())
         },
@@ -162,11 +170,10 @@ fn decode_bucketed_map<const B: usize, const P: usize, K: DecodeKernel>(
         #[inline(always)]
         move || {
             let bucket_bytes = bucket * B / 8;
-            staged(
-                out,
-                bucket,
+            let mut stream = Stream::for_footprint(4 * out.len() + codes.len());
+            let mut piece = piece_fn(
                 #[inline(always)]
-                |b0, piece| {
+                |b0: usize, piece: &mut [f32], mut st: Option<&mut Stream>| {
                     let codes = codes.get(b0 * bucket_bytes..).unwrap_or(&[]);
                     for (i, (ob, cb)) in piece
                         .chunks_mut(bucket)
@@ -179,13 +186,32 @@ fn decode_bucketed_map<const B: usize, const P: usize, K: DecodeKernel>(
                             *v = f32_at(params, b * P + j);
                         }
                         let mut k = prep(p)?;
-                        decode_map::<B, K>(cb, &[], ob, &mut k);
+                        decode_map::<B, K>(cb, &[], ob, &mut k, st.as_deref_mut());
                     }
                     Ok(())
                 },
-            )
+            );
+            match stream.as_mut() {
+                // Streaming stores make the output stage pointless.
+                Some(st) => piece(0, out, Some(st)),
+                None => staged(
+                    out,
+                    bucket,
+                    #[inline(always)]
+                    |b0, p| piece(b0, p, None),
+                ),
+            }
         },
     )
+}
+
+/// Fixes the signature of a piece decoder (so that its closure can carry `#[inline(always)]`).
+#[inline(always)]
+fn piece_fn<F>(f: F) -> F
+where
+    F: FnMut(usize, &mut [f32], Option<&mut Stream>) -> Result<(), QuantError>,
+{
+    f
 }
 
 /// A parsed scalar payload: bucket log2, codec byte, codec u16 field, parameters, codes.
