@@ -59,3 +59,8 @@ pub use lattice::LatticeCodec;
 pub use scalar::{MinMaxCodec, QsgdCodec, Rounding, SignCodec, TernGradCodec};
 pub use sparse::{index_bits, sparse_k, SparseCodec, Sparsifier};
 pub use spec::CodecSpec;
+
+/// The README's example, compiled and run as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -43,6 +43,12 @@
 //! ```
 //!
 //! All `unsafe` code is in [`verbs`], the lowest module.
+//!
+//! Features: `numa` (default) places the window near the NIC through swarmsgd-topology's hwloc
+//! binding ([`NumaPlacement`]; needs libhwloc and libudev headers to build); without it
+//! [`NumaPlacement::NearDevice`] keeps the operating system's policy and
+//! [`NumaPlacement::Nodes`] fails with [`RdmaError::Config`]. `cli` makes
+//! [`bench::BenchArgs`] a `clap::Args`.
 
 pub mod bench;
 mod endpoint;
@@ -105,13 +111,14 @@ pub struct RdmaConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum NumaPlacement {
     /// On the NUMA nodes hwloc reports nearest the device, so the NIC's DMA stays local;
-    /// nothing where hwloc does not place the device (soft-RoCE, single-node machines), and a
-    /// warning if binding fails.
+    /// nothing where hwloc does not place the device (soft-RoCE, single-node machines) or
+    /// without the `numa` feature, and a warning if binding fails.
     #[default]
     NearDevice,
     /// The operating system's default policy (first touch).
     Default,
-    /// Bound to these NUMA nodes (OS indices); failing to bind is an error.
+    /// Bound to these NUMA nodes (OS indices); failing to bind is an error (always, without the
+    /// `numa` feature).
     Nodes(Vec<usize>),
 }
 

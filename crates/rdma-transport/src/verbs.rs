@@ -908,3 +908,21 @@ pub(crate) mod numa {
         }
     }
 }
+
+#[cfg(all(test, not(feature = "numa")))]
+mod without_numa {
+    use super::numa;
+    use std::sync::atomic::AtomicU8;
+
+    #[test]
+    fn placement_says_it_is_not_built_in() {
+        let pages: Vec<AtomicU8> = (0..64).map(|_| AtomicU8::new(0)).collect();
+        for err in [
+            numa::bind(&pages, &[0]).unwrap_err(),
+            numa::binding(&pages).unwrap_err(),
+            numa::near("mlx5_0").unwrap_err(),
+        ] {
+            assert!(err.to_string().contains("feature `numa`"), "{err}");
+        }
+    }
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{cfg, hear, hex, note, pattern, role, say, skip, unhex, Peer};
 use swarmsgd_core::{Completion, OpId, ReadOutcome, Transport, TransportError, WriteOutcome};
-use swarmsgd_rdma::{NumaPlacement, RdmaEndpoint};
+use swarmsgd_rdma::RdmaEndpoint;
 
 const MIB: usize = 1 << 20;
 
@@ -519,6 +519,7 @@ fn verbs_atomics_fetch_add_and_compare_swap() {
 #[cfg(feature = "numa")]
 #[test]
 fn window_is_placed_on_the_numa_nodes_asked_for() {
+    use swarmsgd_rdma::NumaPlacement;
     const TEST: &str = "window_is_placed_on_the_numa_nodes_asked_for";
     if skip(TEST) {
         return;

@@ -93,13 +93,16 @@ pub enum RendezvousError {
         /// Why.
         source: std::io::Error,
     },
-    /// The store could not be reached, or the connection to it broke.
-    #[error("rendezvous store at {addr} unreachable: {why}")]
+    /// The store could not be reached, or the connection to it broke. The I/O error says which
+    /// (`ConnectionRefused`: nothing listens there yet; `TimedOut`/`WouldBlock`: no answer within
+    /// the I/O timeout; `UnexpectedEof`, `ConnectionReset`: the store went away).
+    #[error("rendezvous store at {addr} unreachable: {source}")]
     Unreachable {
         /// The store's address.
         addr: String,
-        /// Why.
-        why: String,
+        /// The I/O error of the connect, read or write.
+        #[source]
+        source: std::io::Error,
     },
     /// The store refused this process or a request.
     #[error("{0}")]
@@ -116,3 +119,8 @@ pub enum RendezvousError {
     #[error("{0}")]
     Usage(String),
 }
+
+/// The README's example, compiled and run as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

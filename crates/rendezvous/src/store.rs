@@ -472,9 +472,9 @@ impl Client {
         config: StoreConfig,
     ) -> Result<Client, RendezvousError> {
         let deadline = Instant::now() + config.connect_timeout;
-        let unreachable = |why: String| RendezvousError::Unreachable {
+        let unreachable = |source: std::io::Error| RendezvousError::Unreachable {
             addr: addr.to_string(),
-            why,
+            source,
         };
         loop {
             let attempt = (|| -> Result<Client, RendezvousError> {
@@ -484,11 +484,11 @@ impl Client {
                     .next()
                     .ok_or_else(|| RendezvousError::Env(format!("{addr:?} resolves to nothing")))?;
                 let stream = TcpStream::connect_timeout(&resolved, config.io_timeout)
-                    .map_err(|e| unreachable(e.to_string()))?;
+                    .map_err(unreachable)?;
                 stream
                     .set_read_timeout(Some(config.io_timeout))
                     .and_then(|_| stream.set_write_timeout(Some(config.io_timeout)))
-                    .map_err(|e| unreachable(e.to_string()))?;
+                    .map_err(unreachable)?;
                 let _ = stream.set_nodelay(true);
                 let mut client = Client {
                     stream,
@@ -542,7 +542,7 @@ impl Client {
     fn lost(&self, e: std::io::Error) -> RendezvousError {
         RendezvousError::Unreachable {
             addr: self.addr.to_string(),
-            why: e.to_string(),
+            source: e,
         }
     }
 

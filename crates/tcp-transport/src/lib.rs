@@ -164,3 +164,8 @@ pub enum TcpError {
     #[error("malformed frame: {0}")]
     Wire(String),
 }
+
+/// The README's example, compiled and run as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,9 +1,9 @@
 //! Hardware locality: NUMA nodes, the CPUs and NUMA nodes nearest each RDMA device, and binding
 //! threads and buffers there.
 //!
-//! Backed by the system libhwloc through `hwlocality` when the `hwloc` feature is enabled (the
-//! default). Without it, [`probe`] and the binding functions return
-//! [`TopologyError::Hardware`] saying so, and [`report`] still returns that error.
+//! Backed by the system libhwloc through `hwlocality` when the `hwloc` feature is enabled (off by
+//! default). Without it, [`probe`], [`report`] and the binding functions return
+//! [`TopologyError::HardwareUnsupported`].
 //!
 //! A machine without RDMA (OpenFabrics) devices is not an error: [`HwInfo::rdma_devices`] is
 //! empty and [`report`] says "no RDMA devices found".
@@ -129,8 +129,11 @@ mod imp {
     use hwlocality::topology::builder::TypeFilter;
     use hwlocality::Topology;
 
-    fn hw_err(what: &str, e: impl std::fmt::Display) -> TopologyError {
-        TopologyError::Hardware(format!("{what}: {e}"))
+    fn hw_err(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> TopologyError {
+        TopologyError::Hardware {
+            context: what.to_string(),
+            source: Box::new(e),
+        }
     }
 
     fn indices<'a>(it: impl Iterator<Item = hwlocality::bitmap::BitmapIndex> + 'a) -> Vec<usize> {
@@ -257,9 +260,7 @@ mod imp {
     use crate::TopologyError;
 
     fn disabled() -> TopologyError {
-        TopologyError::Hardware(
-            "hardware locality support not compiled in (enable the `hwloc` feature)".into(),
-        )
+        TopologyError::HardwareUnsupported
     }
     pub(super) fn probe() -> Result<HwInfo, TopologyError> {
         Err(disabled())

@@ -12,7 +12,8 @@
 //!   gossip-averaging mixing bound, gathered in [`Stats`];
 //! - [`export`]: edge list, DOT and JSON output (and edge-list parsing);
 //! - [`spectral`]: a dense symmetric eigen-solver and a thick-restart Lanczos solver;
-//! - [`hw`]: NUMA / NIC locality through `hwlocality` (feature `hwloc`, on by default).
+//! - [`hw`]: NUMA / NIC locality through `hwlocality` (feature `hwloc`, off by default: it links
+//!   the system libhwloc).
 //!
 //! ```
 //! use swarmsgd_topology::{analysis::Stats, TopologySpec};
@@ -40,6 +41,7 @@ pub use graph::{DegreeStats, Graph};
 
 /// Every error this crate returns.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TopologyError {
     /// A generator parameter (or the node count) is impossible; names the parameter.
     #[error("invalid parameter `{param}`: {reason}")]
@@ -85,9 +87,19 @@ pub enum TopologyError {
     /// JSON (de)serialization failed.
     #[error("JSON error: {0}")]
     Json(#[from] serde_json::Error),
-    /// Hardware-locality discovery or binding failed (or `hwloc` support is not compiled in).
-    #[error("hardware locality: {0}")]
-    Hardware(String),
+    /// Hardware-locality discovery or binding failed.
+    #[error("hardware locality: {context}: {source}")]
+    Hardware {
+        /// What was being done, e.g. `binding a buffer to NUMA nodes [1]`.
+        context: String,
+        /// The error hwloc (through `hwlocality`) reported.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// Hardware locality is not built in: the crate was compiled without its `hwloc` feature.
+    /// Callers that only pin opportunistically can treat this as "nothing to do".
+    #[error("hardware locality support not compiled in (enable the `hwloc` feature of swarmsgd-topology)")]
+    HardwareUnsupported,
 }
 
 /// Compiles and runs the README's code blocks as doc tests.
