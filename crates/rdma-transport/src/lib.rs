@@ -69,7 +69,19 @@ pub enum RdmaError {
     /// No usable RDMA device (no verbs stack, no device of that name, no GID for that address).
     #[error("no RDMA device: {0}")]
     NoDevice(String),
-    /// A verbs call failed; the message names the call and its cause chain.
+    /// A verbs call failed. `source` is sideway's error, whose own source is usually the OS
+    /// error (e.g. `ENOMEM` from registering memory beyond `ulimit -l`); the message renders the
+    /// whole chain.
+    #[error("verbs: {call}: {}", verbs::chain(&**source))]
+    Call {
+        /// What was being done, e.g. `creating a queue pair`.
+        call: String,
+        /// The error sideway returned.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// A verbs-level failure found by this crate (a failed completion in the bench, no
+    /// completion in time, memory for a region).
     #[error("verbs: {0}")]
     Verbs(String),
     /// A range outside a registered region or a peer's advertised buffer.

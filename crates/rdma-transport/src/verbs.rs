@@ -46,8 +46,11 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn verbs(what: &str, e: &dyn std::error::Error) -> RdmaError {
-    RdmaError::Verbs(format!("{what}: {}", chain(e)))
+fn verbs(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> RdmaError {
+    RdmaError::Call {
+        call: what.to_string(),
+        source: Box::new(e),
+    }
 }
 
 /// Which device, port and GID to use.
@@ -120,7 +123,7 @@ impl Device {
             let name = dev.name();
             if found.is_none() && sel.name.as_ref().is_none_or(|want| *want == name) {
                 found = Some((
-                    dev.open().map_err(|e| verbs("opening the device", &e))?,
+                    dev.open().map_err(|e| verbs("opening the device", e))?,
                     name.clone(),
                 ));
             }
@@ -137,16 +140,16 @@ impl Device {
         let port = sel.port.unwrap_or(1);
         let port_attr = ctx
             .query_port(port)
-            .map_err(|e| verbs(&format!("querying port {port} of {name}"), &e))?;
+            .map_err(|e| verbs(&format!("querying port {port} of {name}"), e))?;
         let dev_attr = ctx
             .query_device()
-            .map_err(|e| verbs(&format!("querying {name}"), &e))?;
+            .map_err(|e| verbs(&format!("querying {name}"), e))?;
         let gid_index = match (sel.gid_index, sel.ipv4) {
             (Some(i), _) => i,
             (None, want) => {
                 let table = ctx
                     .query_gid_table()
-                    .map_err(|e| verbs(&format!("reading the GID table of {name}"), &e))?;
+                    .map_err(|e| verbs(&format!("reading the GID table of {name}"), e))?;
                 let mut pick = None;
                 for entry in &table {
                     if entry.port_num() != u32::from(port) {
@@ -178,11 +181,11 @@ impl Device {
         };
         let gid = ctx
             .query_gid(port, u32::from(gid_index))
-            .map_err(|e| verbs(&format!("reading GID {gid_index} of {name}"), &e))?
+            .map_err(|e| verbs(&format!("reading GID {gid_index} of {name}"), e))?
             .raw;
         let pd = ctx
             .alloc_pd()
-            .map_err(|e| verbs(&format!("allocating a protection domain on {name}"), &e))?;
+            .map_err(|e| verbs(&format!("allocating a protection domain on {name}"), e))?;
         let max_rd_atomic = dev_attr.max_qp_rd_atom().clamp(1, 16) as u8;
         Ok(Device {
             pd,
@@ -291,7 +294,7 @@ impl Device {
                 unsafe { dealloc(ptr.as_ptr(), layout) };
                 Err(verbs(
                     &format!("registering {size} bytes on {} (memlock limit?)", self.name),
-                    &e,
+                    e,
                 ))
             }
         }
@@ -304,7 +307,7 @@ impl Device {
             .create_cq_builder()
             .setup_cqe(entries)
             .build()
-            .map_err(|e| verbs("creating a completion queue", &e))?;
+            .map_err(|e| verbs("creating a completion queue", e))?;
         Ok(Cq { cq })
     }
 
@@ -321,7 +324,7 @@ impl Device {
             .setup_send_cq(generic.clone())
             .setup_recv_cq(generic)
             .build()
-            .map_err(|e| verbs("creating a queue pair", &e))?;
+            .map_err(|e| verbs("creating a queue pair", e))?;
         let mut attr = QueuePairAttribute::new();
         attr.setup_state(QueuePairState::Init)
             .setup_pkey_index(0)
@@ -333,7 +336,7 @@ impl Device {
                     | AccessFlags::RemoteAtomic,
             );
         qp.modify(&attr)
-            .map_err(|e| verbs("moving a queue pair to INIT", &e))?;
+            .map_err(|e| verbs("moving a queue pair to INIT", e))?;
         // A pseudo-random 24-bit starting PSN per QP.
         let psn = (std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -629,7 +632,7 @@ impl Qp {
             .setup_address_vector(&ah);
         self.qp
             .modify(&rtr)
-            .map_err(|e| verbs("moving a queue pair to RTR", &e))?;
+            .map_err(|e| verbs("moving a queue pair to RTR", e))?;
         let mut rts = QueuePairAttribute::new();
         rts.setup_state(QueuePairState::ReadyToSend)
             .setup_sq_psn(self.psn)
@@ -639,7 +642,7 @@ impl Qp {
             .setup_max_read_atomic(self.max_rd_atomic);
         self.qp
             .modify(&rts)
-            .map_err(|e| verbs("moving a queue pair to RTS", &e))?;
+            .map_err(|e| verbs("moving a queue pair to RTS", e))?;
         Ok(())
     }
 
@@ -648,7 +651,7 @@ impl Qp {
         let (attr, _) = self
             .qp
             .query(QueuePairAttributeMask::State)
-            .map_err(|e| verbs("querying a queue pair", &e))?;
+            .map_err(|e| verbs("querying a queue pair", e))?;
         Ok(attr.state())
     }
 
@@ -658,7 +661,7 @@ impl Qp {
         attr.setup_state(QueuePairState::Error);
         self.qp
             .modify(&attr)
-            .map_err(|e| verbs("moving a queue pair to ERROR", &e))
+            .map_err(|e| verbs("moving a queue pair to ERROR", e))
     }
 
     fn keep(&mut self, region: &Arc<Region>) {
@@ -741,7 +744,7 @@ impl Qp {
                 )
             };
         }
-        guard.post().map_err(|e| verbs("posting work requests", &e))
+        guard.post().map_err(|e| verbs("posting work requests", e))
     }
 }
 
@@ -839,7 +842,7 @@ impl Cq {
         let poller = match self.cq.start_poll() {
             Ok(p) => p,
             Err(PollCompletionQueueError::CompletionQueueEmpty) => return Ok(0),
-            Err(e) => return Err(verbs("polling the completion queue", &e)),
+            Err(e) => return Err(verbs("polling the completion queue", e)),
         };
         let before = out.len();
         // Drain the poller to its end: dropping it early would discard completions it holds.
