@@ -1,7 +1,7 @@
 //! Encode/decode throughput of every codec in GB/s of f32 input, beside a memcpy of the same
 //! bytes and beside `bitpacking`'s BitPacker8x packing u32 at the same width, in one run.
 //!
-//! `cargo bench -p quant --bench codecs -- --quick`; `QUANT_BENCH_SIZES=1M` limits the sizes.
+//! `cargo bench -p swarmsgd-quant --bench codecs -- --quick`; `QUANT_BENCH_SIZES=1M` limits the sizes.
 #![allow(clippy::unwrap_used)] // tests and benches fail loudly by design
 
 use std::hint::black_box;

@@ -15,7 +15,7 @@
 //! unpacking at 1, 4 and 8 bits (the widths of those codecs) >= 1.0x BitPacker8x. Goals of codecs
 //! not run are left out of M.
 //!
-//! `cargo run --release -p quant --example throughput -- 16M 10 lattice:8 minmax:8 minmax:4 sign`
+//! `cargo run --release -p swarmsgd-quant --example throughput -- 16M 10 lattice:8 minmax:8 minmax:4 sign`
 //! (`QUANT_SIMD=sse2` for the SSE2 path, `QUANT_SIMD=scalar` for the scalar one).
 #![allow(clippy::unwrap_used)]
 

@@ -1,8 +1,8 @@
 //! What `swarm topo` does, without the trainer:
 //!
 //! ```text
-//! cargo run -p topology --example topo -- gen regular:8 1000 [SEED] [stats|edges|dot|json]
-//! cargo run -p topology --example topo -- hw
+//! cargo run -p swarmsgd-topology --example topo -- gen regular:8 1000 [SEED] [stats|edges|dot|json]
+//! cargo run -p swarmsgd-topology --features hwloc --example topo -- hw
 //! ```
 
 use swarmsgd_topology::export::{self, Format};
