@@ -222,11 +222,14 @@ struct EncodeKernel<'a, const B: usize> {
     sum: u32,
     /// Or of every `t`: `>= 2^22` when some value was out of range or not finite.
     range: u32,
+    /// Blocks of the bucket encoded before this kernel started.
+    blk0: usize,
 }
 
 impl<const B: usize> crate::bits::EncodeKernel for EncodeKernel<'_, B> {
     #[inline(always)]
     fn begin(&mut self, blk: usize) {
+        let blk = self.blk0 + blk;
         if let (Some(d), Some(w)) = (
             block_of(self.dither, blk * BLOCK),
             block_of(self.weights, blk * BLOCK),
@@ -281,11 +284,35 @@ fn encode_buckets<const B: usize>(
         };
     };
     let mut stream = Stream::for_footprint(4 * a.x.len() + codes_out.len());
+    // Width 8: the explicit kernel encodes every full block it can, in one pass over all the
+    // buckets; the scalar kernel the rest (a last partial block), from the same state.
+    let (mut fast_sums, mut fast_blocks) = (Vec::new(), 0);
+    if B == 8 && crate::simd::level() == crate::simd::Level::Avx512 {
+        let nb = a.x.len().div_ceil(a.bucket);
+        let offsets: Vec<f32> = (0..nb).map(|b| bucket_offset(a.nonce, b)).collect();
+        fast_sums = vec![0u32; nb];
+        let (done, range) = crate::simd::lattice8_encode(
+            a.x,
+            codes_out,
+            (a.dither, a.weights),
+            (a.bucket, &offsets, &mut fast_sums),
+            (1.0 / a.eps, BIAS),
+            stream.as_mut(),
+        );
+        if range >> 22 != 0 {
+            return Err(Stop::Retry);
+        }
+        fast_blocks = done;
+    }
+    let bucket_blocks = a.bucket / BLOCK;
     for (b, (xb, ob)) in
         a.x.chunks(a.bucket)
             .zip(codes_out.chunks_mut(bucket_bytes))
             .enumerate()
     {
+        let done = fast_blocks
+            .saturating_sub(b * bucket_blocks)
+            .min(bucket_blocks);
         let mut k = EncodeKernel::<B> {
             dither: a.dither,
             weights: a.weights,
@@ -293,10 +320,12 @@ fn encode_buckets<const B: usize>(
             wt,
             inv_eps: 1.0 / a.eps,
             off: bucket_offset(a.nonce, b),
-            sum: 0,
+            sum: fast_sums.get(b).copied().unwrap_or(0),
             range: 0,
+            blk0: done,
         };
-        encode_map::<B, _>(xb, ob, &[], &mut k, stream.as_mut());
+        let (xr, or) = (&xb[done * BLOCK..], &mut ob[done * BLOCK * B / 8..]);
+        encode_map::<B, _>(xr, or, &[], &mut k, stream.as_mut());
         if k.range >> 22 != 0 {
             return Err(Stop::Retry);
         }

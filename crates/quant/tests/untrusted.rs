@@ -1,5 +1,7 @@
 //! Decoders facing hostile bytes: mutated, truncated, extended, foreign and random payloads
-//! must give `Ok` or `Err`, never a panic; and bit packing matches a reference layout.
+//! must give `Ok` or `Err`, never a panic; and bit packing matches a reference layout. Every
+//! call goes through the SIMD module's streaming path (`common::stream_everything`); the other
+//! test files run the dispatched path without it, and `simd::tests` compares the two.
 #![allow(clippy::unwrap_used)] // tests and benches fail loudly by design
 
 mod common;
@@ -14,6 +16,7 @@ fn decode_any(c: &dyn Codec, bytes: &[u8], reference: &[f32], out: &mut [f32]) {
 
 #[test]
 fn decoders_survive_corrupted_payloads() {
+    common::stream_everything();
     let mut rng = Rng(0xC0FFEE);
     let codecs: Vec<(String, Box<dyn Codec>)> = SPECS
         .iter()
@@ -100,6 +103,7 @@ fn decoders_survive_corrupted_payloads() {
 
 #[test]
 fn huge_announced_lengths_do_not_allocate() {
+    common::stream_everything();
     // A sparse payload announcing k = 4 billion values for a 10-value output is rejected before
     // any allocation, as is a lattice payload whose length field disagrees with the output.
     let mut b = Vec::new();
@@ -164,6 +168,7 @@ fn reference_pack(codes: &[u32], bits: u32) -> Vec<u8> {
 
 #[test]
 fn bit_packing_matches_reference_layout() {
+    common::stream_everything();
     let mut rng = Rng(77);
     for bits in 1..=16u32 {
         for n in [0usize, 1, 5, 8, 63, 64, 65, 200, 1000] {

@@ -436,3 +436,100 @@ unsafe fn unpack_block_avx512<const B: usize>(s: *const u8) -> [__m512i; 4] {
         }
     }
 }
+
+/// Encodes the full blocks of 64 values of consecutive buckets of `bucket_blocks` blocks into
+/// lattice codes of width 8 (vertical layout, 64 bytes a block): `nblocks` blocks in all,
+/// bucket `b` with dither offset `offsets[b]`; the dither and weight tables restart at every
+/// bucket. Per coordinate exactly the operations of `crate::lattice`'s scalar encode kernel in
+/// the same order (`t = (x * (1/eps) + (dither + offset) + MAGIC).to_bits() + BIAS`), so the
+/// codes are bit-identical. Adds each bucket's check terms to `sums[b]` and returns the or of
+/// every `t` (the range check). With `stream` (and a 4-byte aligned `dst`), the codes go
+/// through an [`NtWriter`] (unfenced: the caller's `Stream` fences).
+///
+/// # Safety
+/// The CPU supports AVX-512F; `xs` is valid for reading `64 * nblocks` values, `dither` and
+/// `weights` for `64 * min(nblocks, bucket_blocks)`, `offsets` and `sums` for
+/// `ceil(nblocks / bucket_blocks)` (`bucket_blocks > 0`), and `dst` for writing `64 * nblocks`
+/// bytes.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn lattice8_encode_avx512(
+    xs: *const f32,
+    tables: (*const f32, *const u32),
+    dst: *mut u8,
+    nblocks: usize,
+    buckets: (usize, *const f32, *mut u32),
+    inv_eps: f32,
+    bias: u32,
+    stream: bool,
+) -> u32 {
+    let (dither, weights) = tables;
+    let (bucket_blocks, offsets, sums) = buckets;
+    let inv = _mm512_set1_ps(inv_eps);
+    let magic = _mm512_set1_ps(crate::stats::MAGIC);
+    let biasv = _mm512_set1_epi32(bias as i32);
+    let one = _mm512_set1_epi32(1);
+    let zero = _mm512_setzero_si512();
+    let byte = _mm512_set1_epi32(0xff);
+    let stream = stream && dst.addr() % 4 == 0;
+    let mut range = _mm512_setzero_si512();
+    // SAFETY: AVX-512F is available (caller); the writer is used only when `dst` is 4-byte
+    // aligned (checked above).
+    let mut w = unsafe { NtWriter::new(dst.cast::<u32>()) };
+    let mut blk = 0;
+    let mut b = 0;
+    while blk < nblocks {
+        let end = (blk + bucket_blocks).min(nblocks);
+        // SAFETY: `b < ceil(nblocks / bucket_blocks)` (caller).
+        let offv = _mm512_set1_ps(unsafe { *offsets.add(b) });
+        let mut sum = _mm512_setzero_si512();
+        for t in 0..end - blk {
+            let i0 = 64 * (blk + t);
+            // SAFETY: `blk + t < nblocks`: the block's 64 values of `xs` and 64 bytes of `dst`
+            // are in bounds, and `t < min(nblocks, bucket_blocks)` for the tables (caller);
+            // accesses are unaligned (`loadu` / `storeu`) or go through the writer.
+            unsafe {
+                let mut word = _mm512_setzero_si512();
+                for j in 0..4 {
+                    let ti = 64 * t + 16 * j;
+                    let v = _mm512_add_ps(_mm512_loadu_ps(dither.add(ti)), offv);
+                    let z =
+                        _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(xs.add(i0 + 16 * j)), inv), v);
+                    let tt = _mm512_add_epi32(_mm512_castps_si512(_mm512_add_ps(z, magic)), biasv);
+                    range = _mm512_or_si512(range, tt);
+                    let h = _mm512_srli_epi32::<8>(tt);
+                    let odd = _mm512_sub_epi32(zero, _mm512_and_si512(h, one));
+                    let wt = _mm512_loadu_si512(weights.add(ti).cast::<__m512i>());
+                    sum = _mm512_add_epi32(sum, _mm512_add_epi32(h, _mm512_and_si512(wt, odd)));
+                    let c = _mm512_and_si512(tt, byte);
+                    word = _mm512_or_si512(
+                        word,
+                        match j {
+                            0 => c,
+                            1 => _mm512_slli_epi32::<8>(c),
+                            2 => _mm512_slli_epi32::<16>(c),
+                            _ => _mm512_slli_epi32::<24>(c),
+                        },
+                    );
+                }
+                if stream {
+                    w.push(word);
+                } else {
+                    _mm512_storeu_si512(dst.add(i0).cast::<__m512i>(), word);
+                }
+            }
+        }
+        // SAFETY: as for `offsets`.
+        unsafe {
+            let s = sums.add(b);
+            *s = (*s).wrapping_add(_mm512_reduce_add_epi32(sum) as u32);
+        }
+        blk = end;
+        b += 1;
+    }
+    if stream {
+        // SAFETY: `16 nblocks` words were pushed, within the `64 nblocks` bytes (caller).
+        unsafe { w.finish() };
+    }
+    _mm512_reduce_or_epi32(range) as u32
+}

@@ -64,3 +64,12 @@ pub const SPECS: &[&str] = &[
     "ef(topk:0.1)",
     "sign+ef",
 ];
+
+/// Makes every codec call of this test process write through the streaming stores of the SIMD
+/// module (normally kept for calls larger than the last-level cache), so that the tests calling
+/// it exercise that path on small inputs. Call it first in every test of a file.
+pub fn stream_everything() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // Edition 2021: `set_var` is safe; every test of the file calls this before any codec.
+    ONCE.call_once(|| std::env::set_var("QUANT_STREAM_MIN", "1"));
+}
