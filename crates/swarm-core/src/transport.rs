@@ -110,3 +110,52 @@ pub trait Transport: Send {
     /// after republishing the model that includes the deposits, so every deposit counts once.
     fn release_inbox(&mut self) -> Result<(), TransportError>;
 }
+
+/// A boxed transport is a transport: drivers that pick the network at run time hold a
+/// `Box<dyn Transport>` (or a box of a trait extending it).
+impl<T: Transport + ?Sized> Transport for Box<T> {
+    fn node(&self) -> NodeId {
+        (**self).node()
+    }
+
+    fn capacity(&self) -> usize {
+        (**self).capacity()
+    }
+
+    fn publish(&mut self, payload: &[u8]) -> Result<(), TransportError> {
+        (**self).publish(payload)
+    }
+
+    fn start_read(
+        &mut self,
+        peer: NodeId,
+        offset: usize,
+        len: usize,
+        buf: Vec<u8>,
+    ) -> Result<OpId, TransportError> {
+        (**self).start_read(peer, offset, len, buf)
+    }
+
+    fn start_write(&mut self, peer: NodeId, payload: &[u8]) -> Result<OpId, TransportError> {
+        (**self).start_write(peer, payload)
+    }
+
+    fn poll(&mut self) -> Option<Completion> {
+        (**self).poll()
+    }
+
+    fn slot_free_at(&mut self, peer: NodeId) -> Result<bool, TransportError> {
+        (**self).slot_free_at(peer)
+    }
+
+    fn take_inbox(
+        &mut self,
+        visit: &mut dyn FnMut(NodeId, &[u8]),
+    ) -> Result<usize, TransportError> {
+        (**self).take_inbox(visit)
+    }
+
+    fn release_inbox(&mut self) -> Result<(), TransportError> {
+        (**self).release_inbox()
+    }
+}

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
-use swarm_core::{Interaction, LocalSteps};
+use swarm_core::{Interaction, LocalSteps, Overlap};
 
 use crate::data::Partition;
 use crate::model::ModelKind;
@@ -166,6 +166,9 @@ pub struct TrainConfig {
     /// Reject a peer model farther than this (largest coordinate difference) from the node's own,
     /// and corrections of more than half of it; absent: accept any finite model.
     pub max_peer_distance: Option<f32>,
+    /// `on`: a node keeps taking local steps while the partner's model is on the network and
+    /// averages it in when it lands; `off`: it waits for every read and write.
+    pub overlap: String,
 }
 
 impl Default for TrainConfig {
@@ -200,6 +203,7 @@ impl Default for TrainConfig {
             transport: "inproc".into(),
             peer_timeout: 30.0,
             max_peer_distance: Some(1000.0),
+            overlap: "on".into(),
         }
     }
 }
@@ -302,6 +306,10 @@ pub struct TrainArgs {
     /// [default: 1000].
     #[arg(long)]
     pub max_peer_distance: Option<f32>,
+    /// Keep taking local steps while a partner's model is on the network (on), or wait for every
+    /// read and write (off) [default: on].
+    #[arg(long)]
+    pub overlap: Option<String>,
 }
 
 /// A validated configuration, with every string parsed.
@@ -325,6 +333,44 @@ pub struct Resolved {
     pub data: PathBuf,
     /// Local optimizer.
     pub sgd: crate::model::SgdConfig,
+    /// Where the nodes run.
+    pub transport: TransportKind,
+    /// Whether interactions overlap local steps.
+    pub overlap: Overlap,
+}
+
+/// Where the nodes of a run live and how they reach each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// Threads of this process sharing memory.
+    InProcess,
+    /// One node per process, over TCP.
+    Tcp,
+    /// One node per process, over RDMA verbs.
+    Rdma,
+}
+
+impl TransportKind {
+    /// Whether this process is one rank of a multi-process job.
+    pub fn is_multi_process(self) -> bool {
+        self != TransportKind::InProcess
+    }
+}
+
+impl std::str::FromStr for TransportKind {
+    type Err = TrainError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "inproc" => Ok(TransportKind::InProcess),
+            "tcp" => Ok(TransportKind::Tcp),
+            "rdma" => Ok(TransportKind::Rdma),
+            other => Err(TrainError::Config(format!(
+                "transport '{other}' is not inproc, tcp or rdma (tcp and rdma run one node per \
+                 process, started by tools/launcher)"
+            ))),
+        }
+    }
 }
 
 /// The shape of the learning-rate curve after warm-up.
@@ -468,7 +514,8 @@ impl TrainArgs {
             weight_decay,
             lr_warmup,
             transport,
-            peer_timeout
+            peer_timeout,
+            overlap
         );
         if self.max_peer_distance.is_some() {
             cfg.max_peer_distance = self.max_peer_distance;
@@ -555,13 +602,11 @@ impl TrainConfig {
         if self.nodes == 0 {
             return Err(cfg("nodes must be at least 1".into()));
         }
-        if !["inproc", "tcp", "rdma"].contains(&self.transport.as_str()) {
-            return Err(cfg(format!(
-                "transport '{}' is not inproc, tcp or rdma (tcp and rdma run one node per \
-                 process, started by tools/launcher)",
-                self.transport
-            )));
-        }
+        let transport: TransportKind = self.transport.parse()?;
+        let overlap: Overlap = self
+            .overlap
+            .parse()
+            .map_err(|e: swarm_core::SwarmError| cfg(format!("overlap: {e}")))?;
         if !(self.peer_timeout.is_finite() && self.peer_timeout > 0.0) {
             return Err(cfg(format!(
                 "peer_timeout {} must be a positive number of seconds",
@@ -654,6 +699,8 @@ impl TrainConfig {
             partition,
             data,
             sgd,
+            transport,
+            overlap,
             raw: self,
         })
     }
@@ -679,6 +726,46 @@ mod tests {
             (4, 0.2, "ring")
         );
         assert_eq!(r.raw.epochs, 10);
+    }
+
+    #[test]
+    fn overlap_and_transport_parse_into_their_types() {
+        let r = TrainArgs::default().resolve().unwrap();
+        assert_eq!(
+            (r.overlap, r.transport),
+            (Overlap::On, TransportKind::InProcess)
+        );
+        let r = TrainArgs {
+            overlap: Some("off".into()),
+            transport: Some("rdma".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            (r.overlap, r.transport),
+            (Overlap::Off, TransportKind::Rdma)
+        );
+        assert!(r.transport.is_multi_process());
+        for (args, expected) in [
+            (
+                TrainArgs {
+                    overlap: Some("sometimes".into()),
+                    ..Default::default()
+                },
+                "use on or off",
+            ),
+            (
+                TrainArgs {
+                    transport: Some("udp".into()),
+                    ..Default::default()
+                },
+                "not inproc, tcp or rdma",
+            ),
+        ] {
+            let err = args.resolve().unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
     }
 
     #[test]

@@ -145,7 +145,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => match args.resolve() {
-            Ok(cfg) if cfg.raw.transport != "inproc" => train_rank(&cfg),
+            Ok(cfg) if cfg.transport.is_multi_process() => train_rank(&cfg),
             resolved => resolved.and_then(|cfg| trainer::train::train(&cfg)).map(|s| {
             println!(
                 "{} on {} nodes: final test accuracy {:.2}% (averaged model), mean node {:.2}%, {:.2} s/epoch, {} bytes sent, {} interactions; outputs in {}",

@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 use rdma_transport::{RdmaConfig, RdmaEndpoint};
 use rendezvous::{Client, JobEnv, StoreConfig, StoreServer};
 use serde::Serialize;
-use swarm_core::{Completion, NodeId, NodeStats, OpId, SwarmNode, Transport, TransportError};
+use swarm_core::{NodeId, NodeStats, SwarmNode, Transport};
 use tcp_transport::{TcpConfig, TcpEndpoint};
 
-use crate::config::{Algo, Resolved};
+use crate::config::{Algo, Resolved, TransportKind};
 use crate::model::{batch, FlatModel};
 use crate::train::{Batches, EvalRow, Summary};
 use crate::TrainError;
@@ -213,23 +213,23 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
     // The endpoint, published under endpoint/RANK (a restarted rank overwrites its old address).
     let capacity = crate::train::window_capacity(cfg, dim);
     let mut known: Vec<(usize, String)> = Vec::with_capacity(neighbours.len());
-    let endpoint = if cfg.raw.transport == "rdma" {
-        NodeEndpoint::Rdma(Box::new(connect_rdma(
+    let endpoint: NodeEndpoint = if cfg.transport == TransportKind::Rdma {
+        Box::new(connect_rdma(
             rank,
             &neighbours,
             capacity,
             &mut store,
             peer_timeout,
-        )?))
+        )?)
     } else {
-        NodeEndpoint::Tcp(Box::new(connect_tcp(
+        Box::new(connect_tcp(
             &job,
             &neighbours,
             capacity,
             &mut store,
             peer_timeout,
             &mut known,
-        )?))
+        )?)
     };
     let my_addr = endpoint.describe();
     let mut swarm = crate::train::swarm_node(cfg, endpoint, neighbours.clone(), dim)?;
@@ -287,7 +287,11 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
                 readmitted += readmit_restarted(rank, &mut swarm, &mut store, &mut known);
             }
         }
-        model.with_params_mut(|p| swarm.step_boundary(p))?;
+        // The epoch's model is whole: the interaction in flight has landed or been taken back.
+        model.with_params_mut(|p| {
+            swarm.drain(p)?;
+            swarm.step_boundary(p)
+        })?;
         final_train_loss = loss_sum / steps.max(1) as f64;
         let eval_start = Instant::now();
         // Rank 0 shows its own model's accuracy each epoch; the average is evaluated at the end.
@@ -308,9 +312,11 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
             line.push_str(&format!("  own test acc {:.2}%", 100.0 * test_accuracy));
         }
         line.push_str(&format!(
-            "  {} interactions  {} bytes sent  unreachable {:?}  {:.2} s/epoch",
+            "  {} interactions  {} bytes sent  staleness {:.2}/{} steps (mean/max)  unreachable {:?}  {:.2} s/epoch",
             stats.interactions,
             stats.bytes_sent(),
+            stats.mean_staleness(),
+            stats.staleness_steps_max,
             swarm.unreachable(),
             train_seconds / (epoch + 1 - start_epoch) as f64
         ));
@@ -425,6 +431,8 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
             train_seconds,
             seconds_per_epoch: train_seconds / (cfg.raw.epochs - start_epoch).max(1) as f64,
             parameters: dim,
+            mean_staleness_steps: crate::train::staleness(&node_stats).0,
+            max_staleness_steps: crate::train::staleness(&node_stats).1,
             node_stats,
             config: cfg.raw.clone(),
         };
@@ -513,8 +521,8 @@ fn readmit_restarted(
     store: &mut Client,
     known: &mut [(usize, String)],
 ) -> u64 {
-    // RDMA queue pairs are not re-created for a restarted rank: nothing to look up.
-    if !matches!(swarm.transport(), NodeEndpoint::Tcp(_)) {
+    // A transport that cannot reconnect (RDMA): nothing to look up.
+    if !swarm.transport().can_reconnect() {
         return 0;
     }
     let mut back = 0;
@@ -533,10 +541,7 @@ fn readmit_restarted(
         let Ok(sock) = addr.parse::<SocketAddr>() else {
             continue;
         };
-        let NodeEndpoint::Tcp(tcp) = swarm.transport_mut() else {
-            break;
-        };
-        if tcp.connect_peers(&[(peer, sock)]).is_ok() {
+        if swarm.transport_mut().reconnect(peer, sock) {
             swarm.readmit(peer);
             eprintln!("rank {rank}: rank {peer} is back at {addr}; averaging with it again");
             entry.1 = addr;
@@ -766,93 +771,47 @@ fn exchange(
         .collect()
 }
 
-/// The network a rank's node uses.
-pub enum NodeEndpoint {
-    /// Portable TCP.
-    Tcp(Box<TcpEndpoint>),
-    /// One-sided RDMA verbs.
-    Rdma(Box<RdmaEndpoint>),
+/// A rank's network endpoint: a [`Transport`], plus what the rank needs to log it and to take a
+/// restarted neighbour back.
+pub trait RankEndpoint: Transport {
+    /// Where this endpoint listens, for the log.
+    fn describe(&self) -> String;
+
+    /// Whether a restarted neighbour can be reconnected (else lost neighbours stay lost).
+    fn can_reconnect(&self) -> bool;
+
+    /// Connects to `peer`'s new address after it restarted; returns whether that worked.
+    fn reconnect(&mut self, peer: NodeId, addr: SocketAddr) -> bool;
 }
 
-impl NodeEndpoint {
+impl RankEndpoint for TcpEndpoint {
     fn describe(&self) -> String {
-        match self {
-            NodeEndpoint::Tcp(t) => t.local_addr().to_string(),
-            NodeEndpoint::Rdma(r) => format!("rdma device {:?}", r.device().name()),
-        }
+        self.local_addr().to_string()
+    }
+
+    fn can_reconnect(&self) -> bool {
+        true
+    }
+
+    fn reconnect(&mut self, peer: NodeId, addr: SocketAddr) -> bool {
+        self.connect_peers(&[(peer, addr)]).is_ok()
     }
 }
 
-impl Transport for NodeEndpoint {
-    fn node(&self) -> NodeId {
-        match self {
-            NodeEndpoint::Tcp(t) => t.node(),
-            NodeEndpoint::Rdma(r) => r.node(),
-        }
+impl RankEndpoint for RdmaEndpoint {
+    fn describe(&self) -> String {
+        format!("rdma device {:?}", self.device().name())
     }
 
-    fn capacity(&self) -> usize {
-        match self {
-            NodeEndpoint::Tcp(t) => t.capacity(),
-            NodeEndpoint::Rdma(r) => r.capacity(),
-        }
+    /// Queue pairs are not re-created for a restarted rank.
+    fn can_reconnect(&self) -> bool {
+        false
     }
 
-    fn publish(&mut self, payload: &[u8]) -> Result<(), TransportError> {
-        match self {
-            NodeEndpoint::Tcp(t) => t.publish(payload),
-            NodeEndpoint::Rdma(r) => r.publish(payload),
-        }
-    }
-
-    fn start_read(
-        &mut self,
-        peer: NodeId,
-        offset: usize,
-        len: usize,
-        buf: Vec<u8>,
-    ) -> Result<OpId, TransportError> {
-        match self {
-            NodeEndpoint::Tcp(t) => t.start_read(peer, offset, len, buf),
-            NodeEndpoint::Rdma(r) => r.start_read(peer, offset, len, buf),
-        }
-    }
-
-    fn start_write(&mut self, peer: NodeId, payload: &[u8]) -> Result<OpId, TransportError> {
-        match self {
-            NodeEndpoint::Tcp(t) => t.start_write(peer, payload),
-            NodeEndpoint::Rdma(r) => r.start_write(peer, payload),
-        }
-    }
-
-    fn poll(&mut self) -> Option<Completion> {
-        match self {
-            NodeEndpoint::Tcp(t) => t.poll(),
-            NodeEndpoint::Rdma(r) => r.poll(),
-        }
-    }
-
-    fn slot_free_at(&mut self, peer: NodeId) -> Result<bool, TransportError> {
-        match self {
-            NodeEndpoint::Tcp(t) => t.slot_free_at(peer),
-            NodeEndpoint::Rdma(r) => r.slot_free_at(peer),
-        }
-    }
-
-    fn take_inbox(
-        &mut self,
-        visit: &mut dyn FnMut(NodeId, &[u8]),
-    ) -> Result<usize, TransportError> {
-        match self {
-            NodeEndpoint::Tcp(t) => t.take_inbox(visit),
-            NodeEndpoint::Rdma(r) => r.take_inbox(visit),
-        }
-    }
-
-    fn release_inbox(&mut self) -> Result<(), TransportError> {
-        match self {
-            NodeEndpoint::Tcp(t) => t.release_inbox(),
-            NodeEndpoint::Rdma(r) => r.release_inbox(),
-        }
+    fn reconnect(&mut self, _peer: NodeId, _addr: SocketAddr) -> bool {
+        false
     }
 }
+
+/// The network a rank's node uses, chosen at run time.
+pub type NodeEndpoint = Box<dyn RankEndpoint>;

@@ -68,6 +68,11 @@ pub struct Summary {
     pub seconds_per_epoch: f64,
     /// Parameters per model.
     pub parameters: usize,
+    /// Mean over every averaged copy of the local steps its node took while the copy was on the
+    /// network (swarm).
+    pub mean_staleness_steps: f64,
+    /// The largest such count (swarm).
+    pub max_staleness_steps: u64,
     /// Per-node counters (swarm).
     pub node_stats: Vec<NodeStats>,
     /// The configuration.
@@ -394,15 +399,31 @@ pub fn train_accounted(
         train_seconds: final_row.train_seconds,
         seconds_per_epoch: final_row.train_seconds / (cfg.raw.epochs - start_epoch) as f64,
         parameters: dim,
+        mean_staleness_steps: 0.0,
+        max_staleness_steps: 0,
         node_stats: snapshots.into_iter().map(|(_, s)| s).collect(),
         config: cfg.raw.clone(),
     };
+    let mut summary = summary;
+    (summary.mean_staleness_steps, summary.max_staleness_steps) = staleness(&summary.node_stats);
     crate::report::write_outputs(&cfg.raw.out, &rows, &summary, &eval_model)?;
     if !step_evals.is_empty() {
         crate::report::write_step_evals(&cfg.raw.out, &step_evals)?;
     }
     crate::netmodel::write_accounting(&cfg.raw.out, cfg.raw.algo, &accounts)?;
     Ok((summary, accounts))
+}
+
+/// Mean and maximum staleness (local steps) of the averaged copies of all nodes.
+pub(crate) fn staleness(stats: &[NodeStats]) -> (f64, u64) {
+    let copies: u64 = stats.iter().map(|s| s.copies_averaged).sum();
+    let total: u64 = stats.iter().map(|s| s.staleness_steps_total).sum();
+    let max = stats
+        .iter()
+        .map(|s| s.staleness_steps_max)
+        .max()
+        .unwrap_or(0);
+    (total as f64 / copies.max(1) as f64, max)
 }
 
 /// The run's dataset, cut to the configured subsets; enough examples for `n` nodes.
@@ -592,11 +613,12 @@ pub(crate) fn swarm_node<T: swarm_core::Transport>(
         codec,
         cfg.raw.seed,
     )
-    .map_err(|e| TrainError::Config(e.to_string()))?;
+    .map_err(|e| TrainError::Config(e.to_string()))?
+    .with_overlap(cfg.overlap);
     if let Some(limit) = cfg.raw.max_peer_distance {
         swarm = swarm.with_max_peer_distance(limit);
     }
-    if cfg.quant.to_string() != "none" {
+    if cfg.quant != quant::CodecSpec::None {
         let correction_codec = cfg
             .quant
             .build(cfg.raw.seed ^ 0xC0EE)
