@@ -13,6 +13,12 @@ echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 echo "== cargo test"
 cargo test --workspace 2>&1 | tee target/test-output.txt
+echo "== Miri: quant's scalar path (unit tests, reduced sizes), when the nightly miri component is installed"
+if cargo +nightly miri --version >/dev/null 2>&1; then
+  cargo +nightly miri test -p swarmsgd-quant --lib 2>&1 | tee -a target/test-output.txt
+else
+  echo "miri not installed (rustup +nightly component add miri): skipped"
+fi
 echo "== library crates alone without default features (no libhwloc; no clap; no rendezvous)"
 # The crates with features; swarmsgd-core, -quant and -rendezvous have none (tested above).
 cargo clippy --no-deps -p swarmsgd-topology --no-default-features --all-targets --quiet -- -D warnings

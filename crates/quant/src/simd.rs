@@ -590,6 +590,11 @@ mod tests {
 
     /// Runs `f` at the scalar reference and in every mode, asserting equal results.
     fn agree<R: PartialEq + std::fmt::Debug>(what: &str, f: impl Fn() -> R) {
+        if cfg!(miri) {
+            // Miri has the scalar level only: run it once, for undefined behaviour.
+            f();
+            return;
+        }
         let base = with_cap(Level::Scalar, || with_stream_min(usize::MAX, &f));
         for (level, min) in MODES {
             let r = with_cap(level, || with_stream_min(min, &f));
@@ -791,7 +796,12 @@ mod tests {
     fn levels_agree_on_corrupted_payloads() {
         let mut rng = Rng(0xC0FF_EE00_1234_5678);
         let muts = if cfg!(miri) { 3 } else { 60 };
-        for d in [1usize, 64, 65, 1100, 3000] {
+        let sizes: &[usize] = if cfg!(miri) {
+            &[1, 65]
+        } else {
+            &[1, 64, 65, 1100, 3000]
+        };
+        for &d in sizes {
             let (x, y) = vectors(&mut rng, d).swap_remove(0);
             for spec in SPECS {
                 let mut c = spec.parse::<CodecSpec>().unwrap().build(3).unwrap();
@@ -829,8 +839,8 @@ mod tests {
     fn levels_agree_bit_for_bit() {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         let lens: Vec<usize> = if cfg!(miri) {
-            // Miri runs the scalar path only, slowly: a few sizes, one bucket and a half.
-            vec![0, 1, 64, 65, 1537]
+            // Miri runs the scalar path only, slowly: a few sizes around a block.
+            vec![0, 1, 65, 130]
         } else {
             (0..=1024).chain([5000, 70_001]).collect()
         };
