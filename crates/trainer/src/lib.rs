@@ -16,6 +16,7 @@ pub mod plot;
 pub mod report;
 pub mod simstudy;
 pub mod train;
+mod worker;
 
 /// Everything that can stop a run, each with a message that says what to fix.
 #[derive(Debug, thiserror::Error)]

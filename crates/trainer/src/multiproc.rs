@@ -26,8 +26,9 @@ use swarm_core::{NodeId, NodeStats, SwarmNode, Transport};
 use tcp_transport::{TcpConfig, TcpEndpoint};
 
 use crate::config::{Algo, Resolved, TransportKind};
-use crate::model::{batch, FlatModel};
-use crate::train::{Batches, EvalRow, Summary};
+use crate::model::FlatModel;
+use crate::train::{EvalRow, Summary};
+use crate::worker::{checkpoint_due, Stepper};
 use crate::TrainError;
 
 /// What one rank reports at its end (the `SWARM_SUMMARY` line).
@@ -239,11 +240,14 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
         job.source, cfg.raw.model
     );
 
-    let mut batches = Batches::new(&parts[rank], crate::train::batch_seed(cfg.raw.seed, rank));
-    let mut step = start_epoch * steps_per_epoch;
-    for _ in 0..step {
-        batches.next(cfg.raw.batch_size);
-    }
+    let mut stepper = Stepper::new(
+        &data.train,
+        &parts[rank],
+        (cfg.raw.seed, rank),
+        cfg.raw.batch_size,
+        lr,
+        start_epoch * steps_per_epoch,
+    );
     let mut readmitted = 0u64;
     let mut last_lookup = Instant::now();
     let mut rows: Vec<EvalRow> = Vec::new();
@@ -265,21 +269,15 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
                     "no checkpoint was written (use --checkpoint-every)".to_string()
                 };
                 return Err(TrainError::Node(format!(
-                    "rank {rank} interrupted in epoch {}, after step {step}; {saved}",
-                    epoch + 1
+                    "rank {rank} interrupted in epoch {}, after step {}; {saved}",
+                    epoch + 1,
+                    stepper.steps()
                 )));
             }
-            model.with_params_mut(|p| swarm.step_boundary(p))?;
-            let (x, y) = batch(&data.train, &batches.next(cfg.raw.batch_size));
-            let loss = model.backward(&x, &y);
-            if !loss.is_finite() {
-                return Err(TrainError::Node(format!(
-                    "rank {rank}: loss became {loss}: lower the learning rate"
-                )));
-            }
-            model.sgd_step(lr.at(step));
-            model.with_params_mut(|p| swarm.after_local_step(p))?;
-            step += 1;
+            let loss = stepper.step(&mut model, &mut swarm).map_err(|e| match e {
+                TrainError::Node(why) => TrainError::Node(format!("rank {rank}: {why}")),
+                other => other,
+            })?;
             loss_sum += loss;
             steps += 1;
             if last_lookup.elapsed() > Duration::from_secs(2) && !swarm.unreachable().is_empty() {
@@ -331,12 +329,9 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
             interactions: stats.interactions,
             model_spread: f64::NAN,
         });
-        if cfg
-            .raw
-            .checkpoint_every
-            .is_some_and(|k| (epoch + 1) % k == 0 || epoch + 1 == cfg.raw.epochs)
-        {
+        if checkpoint_due(cfg.raw.checkpoint_every, epoch + 1, cfg.raw.epochs) {
             let path = rank_checkpoint(&cfg.raw.out, rank);
+            let step = stepper.steps();
             save_checkpoint(&path, cfg, rank, n, epoch + 1, step, &mut model)?;
         }
     }

@@ -6,15 +6,13 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use serde::Serialize;
 use swarm_core::{InProcessFabric, NodeStats, SwarmNode};
 
 use crate::config::{Algo, Resolved};
 use crate::data::{load_dir, Dataset, Split};
-use crate::model::{batch, FlatModel, ModelKind};
+use crate::model::{FlatModel, ModelKind};
+use crate::worker::{NodeAlgo, Stepper};
 use crate::TrainError;
 
 mod baselines;
@@ -139,8 +137,7 @@ impl Shared {
 
     /// Whether the end of epoch `epoch` (counted from 1) writes a checkpoint.
     fn checkpoint_due(&self, epoch: usize) -> bool {
-        self.checkpoint_every
-            .is_some_and(|k| epoch % k == 0 || epoch == self.epochs)
+        crate::worker::checkpoint_due(self.checkpoint_every, epoch, self.epochs)
     }
 }
 
@@ -461,62 +458,23 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
-/// The seed of node `node`'s minibatch order (the same in-process and multi-process).
-pub(crate) fn batch_seed(seed: u64, node: usize) -> u64 {
-    seed ^ (node as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D)
-}
-
-/// A node's stream of minibatches over its own shard, reshuffled at each pass.
-pub(crate) struct Batches {
-    order: Vec<usize>,
-    cursor: usize,
-    rng: StdRng,
-}
-
-impl Batches {
-    pub(crate) fn new(shard: &[usize], seed: u64) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut order = shard.to_vec();
-        order.shuffle(&mut rng);
-        Batches {
-            order,
-            cursor: 0,
-            rng,
-        }
-    }
-
-    pub(crate) fn next(&mut self, size: usize) -> Vec<usize> {
-        let mut out = Vec::with_capacity(size);
-        while out.len() < size {
-            if self.cursor == self.order.len() {
-                self.order.shuffle(&mut self.rng);
-                self.cursor = 0;
-            }
-            let take = (size - out.len()).min(self.order.len() - self.cursor);
-            out.extend_from_slice(&self.order[self.cursor..self.cursor + take]);
-            self.cursor += take;
-        }
-        out
-    }
-}
-
-/// The per-node loop shared by both algorithms. `after_step` runs after each gradient computation
-/// and must apply the update; `at_boundary` runs before each step and at the end of each epoch.
+/// The per-node loop of the in-process driver, around any [`NodeAlgo`]: local steps through the
+/// node's [`Stepper`], barriers at each epoch's end, snapshots to the coordinator.
 fn node_loop(
     node: usize,
     shared: &Shared,
     tx: &mpsc::Sender<NodeMsg>,
     mut model: FlatModel,
-    mut at_boundary: impl FnMut(&mut FlatModel) -> Result<(), TrainError>,
-    mut after_step: impl FnMut(&mut FlatModel, f64) -> Result<(), TrainError>,
-    stats: impl Fn() -> NodeStats,
+    mut algo: impl NodeAlgo,
 ) {
-    let mut batches = Batches::new(&shared.parts[node], batch_seed(shared.seed, node));
-    let mut step = shared.start_epoch * shared.steps_per_epoch;
-    // A resumed node draws the same minibatches the uninterrupted run would have drawn.
-    for _ in 0..step {
-        batches.next(shared.batch_size);
-    }
+    let mut stepper = Stepper::new(
+        &shared.train,
+        &shared.parts[node],
+        (shared.seed, node),
+        shared.batch_size,
+        shared.lr,
+        shared.start_epoch * shared.steps_per_epoch,
+    );
     // CPU and wall time inside training, barriers and evaluations excluded.
     let (mut cpu, mut wall) = (0.0, 0.0);
     for epoch in shared.start_epoch..shared.epochs {
@@ -528,21 +486,10 @@ fn node_loop(
             if shared.abort.load(Ordering::Relaxed) {
                 break;
             }
-            let result = (|| {
-                at_boundary(&mut model)?;
-                let (x, y) = batch(&shared.train, &batches.next(shared.batch_size));
-                let loss = model.backward(&x, &y);
-                if !loss.is_finite() {
-                    return Err(TrainError::Node(format!(
-                        "loss became {loss}: lower the learning rate"
-                    )));
-                }
-                after_step(&mut model, shared.lr.at(step))?;
-                Ok(loss)
-            })();
+            let result = stepper.step(&mut model, &mut algo);
             match result {
                 Ok(loss) => {
-                    step += 1;
+                    let step = stepper.steps();
                     loss_sum += loss;
                     steps += 1;
                     shared.steps_done.fetch_add(1, Ordering::Relaxed);
@@ -561,7 +508,7 @@ fn node_loop(
         }
         let (cpu1, wall1) = (crate::netmodel::thread_cpu_seconds(), wall0.elapsed());
         shared.stopped.wait();
-        let failed = failed.or_else(|| at_boundary(&mut model).err().map(|e| e.to_string()));
+        let failed = failed.or_else(|| algo.at_boundary(&mut model).err().map(|e| e.to_string()));
         wall += wall1.as_secs_f64();
         cpu += cpu1.zip(cpu0).map_or(0.0, |(b, a)| b - a);
         let msg = match failed {
@@ -576,7 +523,7 @@ fn node_loop(
                 },
                 loss_sum,
                 steps,
-                stats: stats(),
+                stats: algo.stats(),
                 busy: (cpu, wall),
             },
         };
@@ -650,29 +597,10 @@ fn spawn_swarm(
         let mut model = shared.new_model(i)?;
         let mut swarm = swarm;
         model.with_params_mut(|p| swarm.publish(p))?;
-        let swarm = Arc::new(Mutex::new(swarm));
         let shared = Arc::clone(shared);
         let tx = tx.clone();
         handles.push(std::thread::spawn(move || {
-            let lock = || swarm.lock().unwrap_or_else(|p| p.into_inner());
-            node_loop(
-                i,
-                &shared,
-                &tx,
-                model,
-                |m| {
-                    m.with_params_mut(|p| lock().step_boundary(p))
-                        .map(|_| ())
-                        .map_err(TrainError::from)
-                },
-                |m, lr| {
-                    m.sgd_step(lr);
-                    m.with_params_mut(|p| lock().after_local_step(p))
-                        .map(|_| ())
-                        .map_err(TrainError::from)
-                },
-                || lock().stats().clone(),
-            );
+            node_loop(i, &shared, &tx, model, swarm)
         }));
     }
     Ok(handles)
@@ -712,6 +640,32 @@ impl Reducer {
     }
 }
 
+/// A node of synchronous all-reduce SGD: every step averages the gradients of all nodes.
+struct AllreduceNode {
+    reducer: Arc<Reducer>,
+    rounds: u64,
+    grad: Vec<f32>,
+}
+
+impl NodeAlgo for AllreduceNode {
+    fn after_step(&mut self, model: &mut FlatModel, lr: f64) -> Result<(), TrainError> {
+        let round = self.rounds;
+        self.rounds += 1;
+        let reducer = &self.reducer;
+        model.with_grad_mut(&mut self.grad, |g| reducer.allreduce(round, g))?;
+        model.sgd_step(lr);
+        Ok(())
+    }
+
+    fn stats(&self) -> NodeStats {
+        NodeStats {
+            local_steps: self.rounds,
+            interactions: self.rounds,
+            ..NodeStats::default()
+        }
+    }
+}
+
 fn spawn_allreduce(
     shared: &Arc<Shared>,
     dim: usize,
@@ -730,30 +684,13 @@ fn spawn_allreduce(
         .map(|i| {
             let model = shared.new_model(i)?;
             let shared = Arc::clone(shared);
-            let reducer = Arc::clone(&reducer);
             let tx = tx.clone();
-            let handle = std::thread::spawn(move || {
-                let rounds = AtomicU64::new(0);
-                let mut grad = Vec::new();
-                node_loop(
-                    i,
-                    &shared,
-                    &tx,
-                    model,
-                    |_| Ok(()),
-                    |m, lr| {
-                        let round = rounds.fetch_add(1, Ordering::Relaxed);
-                        m.with_grad_mut(&mut grad, |g| reducer.allreduce(round, g))?;
-                        m.sgd_step(lr);
-                        Ok(())
-                    },
-                    || NodeStats {
-                        local_steps: rounds.load(Ordering::Relaxed),
-                        interactions: rounds.load(Ordering::Relaxed),
-                        ..NodeStats::default()
-                    },
-                );
-            });
+            let algo = AllreduceNode {
+                reducer: Arc::clone(&reducer),
+                rounds: 0,
+                grad: Vec::new(),
+            };
+            let handle = std::thread::spawn(move || node_loop(i, &shared, &tx, model, algo));
             Ok(handle)
         })
         .collect()

@@ -14,14 +14,14 @@
 //! | `lasgd` | `lasgd.rs` | all-reduce of the models in the background every H steps |
 //! | `elastic`, `elastic-ef` | `elastic.rs` | sparsified gradients into a shared model |
 
-use std::cell::RefCell;
 use std::sync::{mpsc, Arc};
 
-use swarm_core::{LocalSteps, NodeStats};
+use swarm_core::LocalSteps;
 
 use super::{node_loop, NodeMsg, Shared};
 use crate::config::{Algo, Resolved};
 use crate::model::FlatModel;
+use crate::worker::NodeAlgo;
 use crate::TrainError;
 
 mod adpsgd;
@@ -48,20 +48,8 @@ fn period(local_steps: LocalSteps) -> u64 {
     (local_steps.mean().round() as u64).max(1)
 }
 
-/// What one node of a baseline does around each gradient computation.
-trait NodeAlgo: Send + 'static {
-    /// Before each step and at the end of each epoch.
-    fn at_boundary(&mut self, _model: &mut FlatModel) -> Result<(), TrainError> {
-        Ok(())
-    }
-    /// After each gradient computation: must apply the update.
-    fn after_step(&mut self, model: &mut FlatModel, lr: f64) -> Result<(), TrainError>;
-    /// Counters so far.
-    fn stats(&self) -> NodeStats;
-}
-
 /// Starts one thread per node, each running `node_loop` around its [`NodeAlgo`].
-fn spawn_nodes<A: NodeAlgo>(
+fn spawn_nodes<A: NodeAlgo + Send + 'static>(
     shared: &Arc<Shared>,
     tx: &mpsc::Sender<NodeMsg>,
     nodes: Vec<(FlatModel, A)>,
@@ -72,18 +60,7 @@ fn spawn_nodes<A: NodeAlgo>(
         .map(|(i, (model, algo))| {
             let shared = Arc::clone(shared);
             let tx = tx.clone();
-            std::thread::spawn(move || {
-                let algo = RefCell::new(algo);
-                node_loop(
-                    i,
-                    &shared,
-                    &tx,
-                    model,
-                    |m| algo.borrow_mut().at_boundary(m),
-                    |m, lr| algo.borrow_mut().after_step(m, lr),
-                    || algo.borrow().stats(),
-                );
-            })
+            std::thread::spawn(move || node_loop(i, &shared, &tx, model, algo))
         })
         .collect()
 }

@@ -1,0 +1,177 @@
+//! What every node does around each local step, whichever driver runs it (a thread of the
+//! in-process run, or a rank of a multi-process job): its stream of minibatches (the same order in
+//! both drivers, fast-forwarded when a run resumes), the local step itself, and when a checkpoint
+//! is due.
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use swarm_core::{NodeStats, SwarmNode, Transport};
+
+use crate::config::LrSchedule;
+use crate::data::Split;
+use crate::model::{batch, FlatModel};
+use crate::TrainError;
+
+/// The seed of node `node`'s minibatch order (the same in-process and multi-process).
+pub(crate) fn batch_seed(seed: u64, node: usize) -> u64 {
+    seed ^ (node as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+/// Whether the end of epoch `epoch` (counted from 1) of a run of `epochs` writes a checkpoint.
+pub(crate) fn checkpoint_due(every: Option<usize>, epoch: usize, epochs: usize) -> bool {
+    every.is_some_and(|k| epoch % k == 0 || epoch == epochs)
+}
+
+/// A node's stream of minibatches over its own shard, reshuffled at each pass.
+pub(crate) struct Batches {
+    order: Vec<usize>,
+    cursor: usize,
+    rng: StdRng,
+}
+
+impl Batches {
+    pub(crate) fn new(shard: &[usize], seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut order = shard.to_vec();
+        order.shuffle(&mut rng);
+        Batches {
+            order,
+            cursor: 0,
+            rng,
+        }
+    }
+
+    pub(crate) fn next(&mut self, size: usize) -> Vec<usize> {
+        let mut out = Vec::with_capacity(size);
+        while out.len() < size {
+            if self.cursor == self.order.len() {
+                self.order.shuffle(&mut self.rng);
+                self.cursor = 0;
+            }
+            let take = (size - out.len()).min(self.order.len() - self.cursor);
+            out.extend_from_slice(&self.order[self.cursor..self.cursor + take]);
+            self.cursor += take;
+        }
+        out
+    }
+}
+
+/// What one node of an algorithm does around each gradient computation: SwarmSGD
+/// ([`SwarmNode`]) and every baseline implement it, and both drivers run it through [`Stepper`].
+pub(crate) trait NodeAlgo {
+    /// Before each step and at the end of each epoch (e.g. fold the corrections in the inbox).
+    fn at_boundary(&mut self, _model: &mut FlatModel) -> Result<(), TrainError> {
+        Ok(())
+    }
+    /// After each gradient computation: must apply the update with learning rate `lr`.
+    fn after_step(&mut self, model: &mut FlatModel, lr: f64) -> Result<(), TrainError>;
+    /// Counters so far.
+    fn stats(&self) -> NodeStats;
+}
+
+impl<T: Transport> NodeAlgo for SwarmNode<T> {
+    fn at_boundary(&mut self, model: &mut FlatModel) -> Result<(), TrainError> {
+        model.with_params_mut(|p| self.step_boundary(p))?;
+        Ok(())
+    }
+
+    fn after_step(&mut self, model: &mut FlatModel, lr: f64) -> Result<(), TrainError> {
+        model.sgd_step(lr);
+        model.with_params_mut(|p| self.after_local_step(p))?;
+        Ok(())
+    }
+
+    fn stats(&self) -> NodeStats {
+        SwarmNode::stats(self).clone()
+    }
+}
+
+/// One node's local steps: its minibatches, its learning-rate schedule and its step counter.
+pub(crate) struct Stepper<'a> {
+    train: &'a Split,
+    batches: Batches,
+    batch_size: usize,
+    lr: LrSchedule,
+    /// Local steps taken since the start of the run (a resumed node counts those before).
+    step: usize,
+}
+
+impl<'a> Stepper<'a> {
+    /// Node `node` over `shard` of `train`, positioned at `start_step`: a resumed node draws the
+    /// same minibatches the uninterrupted run would have drawn.
+    pub(crate) fn new(
+        train: &'a Split,
+        shard: &[usize],
+        (seed, node): (u64, usize),
+        batch_size: usize,
+        lr: LrSchedule,
+        start_step: usize,
+    ) -> Self {
+        let mut batches = Batches::new(shard, batch_seed(seed, node));
+        for _ in 0..start_step {
+            batches.next(batch_size);
+        }
+        Stepper {
+            train,
+            batches,
+            batch_size,
+            lr,
+            step: start_step,
+        }
+    }
+
+    /// Local steps taken so far.
+    pub(crate) fn steps(&self) -> usize {
+        self.step
+    }
+
+    /// One local step of `algo`: its boundary work, the gradient of the next minibatch, then its
+    /// update with this step's learning rate. Returns the minibatch's loss.
+    pub(crate) fn step(
+        &mut self,
+        model: &mut FlatModel,
+        algo: &mut impl NodeAlgo,
+    ) -> Result<f64, TrainError> {
+        algo.at_boundary(model)?;
+        let (x, y) = batch(self.train, &self.batches.next(self.batch_size));
+        let loss = model.backward(&x, &y);
+        if !loss.is_finite() {
+            return Err(TrainError::Node(format!(
+                "loss became {loss}: lower the learning rate"
+            )));
+        }
+        algo.after_step(model, self.lr.at(self.step))?;
+        self.step += 1;
+        Ok(loss)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fast_forwarded_stream_continues_where_the_full_one_is() {
+        let shard: Vec<usize> = (0..50).collect();
+        let mut full = Batches::new(&shard, batch_seed(3, 1));
+        let drawn: Vec<Vec<usize>> = (0..40).map(|_| full.next(8)).collect();
+        let mut resumed = Batches::new(&shard, batch_seed(3, 1));
+        for _ in 0..25 {
+            resumed.next(8);
+        }
+        assert_eq!(resumed.next(8), drawn[25]);
+        // Every pass covers the shard once, whatever its split into minibatches.
+        let mut seen: Vec<usize> = drawn.concat()[..50].to_vec();
+        seen.sort_unstable();
+        assert_eq!(seen, shard);
+    }
+
+    #[test]
+    fn checkpoints_fall_every_k_epochs_and_at_the_end() {
+        let due: Vec<usize> = (1..=7).filter(|&e| checkpoint_due(Some(3), e, 7)).collect();
+        assert_eq!(due, vec![3, 6, 7]);
+        assert!(!(1..=7).any(|e| checkpoint_due(None, e, 7)));
+    }
+}
