@@ -28,12 +28,13 @@ cargo test -p swarmsgd-rdma --no-default-features --quiet
 cargo clippy --no-deps -p swarmsgd-tcp --no-default-features --all-targets --quiet -- -D warnings
 cargo test -p swarmsgd-tcp --no-default-features --quiet
 echo "== cargo package --workspace (publishable manifests: versions on path dependencies, metadata, file lists)"
-# --no-verify: verifying builds every packaged crate with every dependency (tch and torch-sys
-# included) in the unoptimised dev profile, which no other step here uses: 9.7 min cold on the
-# 2-core VM (22 s once those builds exist); the builds above already compile each library alone,
-# from the same sources. --allow-dirty: tests may
-# rewrite tracked files (proptest regressions); what is checked here is the manifests.
+# Every member is packaged; the six library crates are also verified (their packaged sources are
+# unpacked and built on their own, 57 s cold on the 2-core VM). Verifying the trainer and the
+# launcher too would build tch and torch-sys again in the dev profile (9.7 min cold) for binaries
+# that are never published. --allow-dirty: tests may rewrite tracked files (proptest regressions).
 cargo package --workspace --no-verify --allow-dirty --quiet
+cargo package --allow-dirty --quiet -p swarmsgd-core -p swarmsgd-quant -p swarmsgd-topology \
+  -p swarmsgd-rendezvous -p swarmsgd-tcp -p swarmsgd-rdma
 echo "== launcher end-to-end: 4 ranks through a real Slurm on localhost; local tcp vs in-process accuracy"
 cargo build --profile test -p trainer -p launcher --bins --quiet
 bash tools/launcher-e2e.sh all 2>&1 | tee -a target/test-output.txt
