@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
+use swarm_core::le_bytes;
+
 use crate::TrainError;
 
 /// The value of the `format` metadata entry.
@@ -86,16 +88,13 @@ fn fnv1a64(parts: &[&[u8]]) -> u64 {
     h
 }
 
-fn le_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
 /// Serializes `tensors` (name, shape, values) with `metadata` into safetensors bytes.
 pub(crate) fn safetensors_bytes(
     tensors: &[(String, Vec<usize>, &[f32])],
     metadata: HashMap<String, String>,
 ) -> Result<Vec<u8>, String> {
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| le_bytes(v)).collect();
+    let bytes: Vec<std::borrow::Cow<'_, [u8]>> =
+        tensors.iter().map(|(_, _, v)| le_bytes(v)).collect();
     let views = tensors
         .iter()
         .zip(&bytes)
@@ -187,7 +186,7 @@ pub fn save(path: &Path, ck: &NodeCheckpoint) -> Result<(), TrainError> {
             &ck.optimizer_state,
         ));
     }
-    let checksum = fnv1a64(&[&le_bytes(&ck.params), &le_bytes(&ck.optimizer_state)]);
+    let checksum = fnv1a64(&[&*le_bytes(&ck.params), &*le_bytes(&ck.optimizer_state)]);
     let order_json = serde_json::to_string(&order).map_err(|e| err(e.to_string()))?;
     let metadata: HashMap<String, String> = [
         ("format", FORMAT.to_string()),
@@ -210,10 +209,7 @@ pub fn save(path: &Path, ck: &NodeCheckpoint) -> Result<(), TrainError> {
 }
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    swarm_core::le_values(bytes).collect()
 }
 
 /// Reads a checkpoint written by [`save`]. A missing, truncated, corrupt or foreign file gives an
@@ -313,7 +309,7 @@ pub fn load(path: &Path) -> Result<NodeCheckpoint, TrainError> {
             "tensor {extra} is not in param_order (file edited or mixed up?)"
         )));
     }
-    let checksum = fnv1a64(&[&le_bytes(&params), &le_bytes(&optimizer_state)]);
+    let checksum = fnv1a64(&[&*le_bytes(&params), &*le_bytes(&optimizer_state)]);
     if format!("{checksum:016x}") != get("checksum")? {
         return Err(err(format!(
             "checksum mismatch (stored {}, computed {checksum:016x}): the file is corrupt",
@@ -556,6 +552,32 @@ pub fn write_run_epoch(
         })
         .collect();
     write_epoch(&cfg.raw.out, epoch, &nodes)
+}
+
+/// The checkpoint file of `rank` in run directory `out`.
+pub fn rank_checkpoint(out: &Path, rank: usize) -> PathBuf {
+    out.join(format!("rank-{rank}"))
+        .join("checkpoint.safetensors")
+}
+
+/// Some rank's checkpoint in run directory `dir` (every rank's holds the run's configuration).
+pub fn any_rank_checkpoint(dir: &Path) -> Option<PathBuf> {
+    let mut ranks: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let rank = e
+                .file_name()
+                .to_str()?
+                .strip_prefix("rank-")?
+                .parse()
+                .ok()?;
+            let path = e.path().join("checkpoint.safetensors");
+            path.is_file().then_some((rank, path))
+        })
+        .collect();
+    ranks.sort();
+    ranks.into_iter().next().map(|(_, p)| p)
 }
 
 #[cfg(test)]

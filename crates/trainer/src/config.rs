@@ -576,7 +576,7 @@ fn checkpoint_config(dir: &Path) -> Result<TrainConfig, TrainError> {
     let path = match crate::checkpoint::resolve_resume_dir(dir) {
         Ok(dir) => crate::checkpoint::node_file(&dir, 0),
         // A multi-process run keeps one checkpoint per rank; they all hold the run's config.
-        Err(e) => crate::multiproc::any_rank_checkpoint(dir).ok_or(e)?,
+        Err(e) => crate::checkpoint::any_rank_checkpoint(dir).ok_or(e)?,
     };
     let ck = crate::checkpoint::load(&path)?;
     toml::from_str(&ck.config_toml).map_err(|e| {

@@ -14,7 +14,7 @@
 //! `SWARM_SUMMARY {json}` line on stdout for `tools/launcher`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,8 +27,10 @@ use tcp_transport::{TcpConfig, TcpEndpoint};
 
 use crate::config::{Algo, Resolved, TransportKind};
 use crate::model::FlatModel;
-use crate::train::{EvalRow, Summary};
+use crate::report::{EvalRow, Summary};
 use crate::worker::{checkpoint_due, Stepper};
+
+pub use crate::checkpoint::{any_rank_checkpoint, rank_checkpoint};
 use crate::TrainError;
 
 /// What one rank reports at its end (the `SWARM_SUMMARY` line).
@@ -84,12 +86,6 @@ fn stop_flag() -> Arc<AtomicBool> {
 /// Whether this process was asked to stop (SIGINT or SIGTERM).
 pub fn interrupted() -> bool {
     stop_flag().load(Ordering::Relaxed)
-}
-
-/// The checkpoint file of `rank` in run directory `out`.
-pub fn rank_checkpoint(out: &Path, rank: usize) -> PathBuf {
-    out.join(format!("rank-{rank}"))
-        .join("checkpoint.safetensors")
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -426,8 +422,8 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
             train_seconds,
             seconds_per_epoch: train_seconds / (cfg.raw.epochs - start_epoch).max(1) as f64,
             parameters: dim,
-            mean_staleness_steps: crate::train::staleness(&node_stats).0,
-            max_staleness_steps: crate::train::staleness(&node_stats).1,
+            mean_staleness_steps: crate::report::staleness(&node_stats).0,
+            max_staleness_steps: crate::report::staleness(&node_stats).1,
             node_stats,
             config: cfg.raw.clone(),
         };
@@ -638,26 +634,6 @@ fn parse_final(value: &[u8], dim: usize) -> Option<(Vec<f32>, FinalRecord)> {
         .iter()
         .all(|v| v.is_finite())
         .then_some((params, record))
-}
-
-/// Some rank's checkpoint in run directory `dir` (every rank's holds the run's configuration).
-pub fn any_rank_checkpoint(dir: &Path) -> Option<PathBuf> {
-    let mut ranks: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let rank = e
-                .file_name()
-                .to_str()?
-                .strip_prefix("rank-")?
-                .parse()
-                .ok()?;
-            let path = e.path().join("checkpoint.safetensors");
-            path.is_file().then_some((rank, path))
-        })
-        .collect();
-    ranks.sort();
-    ranks.into_iter().next().map(|(_, p)| p)
 }
 
 /// Binds this rank's TCP endpoint, publishes its address under `endpoint/RANK` (a restarted rank

@@ -2,9 +2,83 @@
 
 use std::path::Path;
 
+use serde::Serialize;
+use swarm_core::NodeStats;
+
 use crate::model::FlatModel;
-use crate::train::{EvalRow, Summary};
 use crate::TrainError;
+
+/// One evaluation of the nodes' averaged model.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalRow {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's steps of all nodes.
+    pub train_loss: f64,
+    /// Test loss of the averaged model.
+    pub test_loss: f64,
+    /// Test accuracy of the averaged model.
+    pub test_accuracy: f64,
+    /// Training time so far, evaluations excluded.
+    pub train_seconds: f64,
+    /// Bytes moved between nodes so far.
+    pub bytes_sent_total: u64,
+    /// Interactions (swarm) or all-reduce rounds so far.
+    pub interactions: u64,
+    /// Sum over nodes of the squared distance of their model to the average.
+    pub model_spread: f64,
+}
+
+/// What `summary.json` holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Algorithm.
+    pub algo: String,
+    /// Nodes.
+    pub nodes: usize,
+    /// Test accuracy of the nodes' averaged model after training.
+    pub final_test_accuracy: f64,
+    /// Mean over nodes of each node's own model's test accuracy.
+    pub mean_node_test_accuracy: f64,
+    /// Lowest node test accuracy.
+    pub min_node_test_accuracy: f64,
+    /// Bytes moved between nodes: models read and corrections written (swarm); for all-reduce,
+    /// the volume a ring all-reduce sends, 2 (n - 1) / n * model bytes per node and step.
+    pub bytes_sent_total: u64,
+    /// Interactions (swarm) or all-reduce rounds.
+    pub interactions: u64,
+    /// Local SGD steps of all nodes.
+    pub local_steps_total: u64,
+    /// Wall time of the whole run, data loading and evaluations included.
+    pub wall_seconds: f64,
+    /// Training time, evaluations excluded.
+    pub train_seconds: f64,
+    /// `train_seconds / epochs`.
+    pub seconds_per_epoch: f64,
+    /// Parameters per model.
+    pub parameters: usize,
+    /// Mean over every averaged copy of the local steps its node took while the copy was on the
+    /// network (swarm).
+    pub mean_staleness_steps: f64,
+    /// The largest such count (swarm).
+    pub max_staleness_steps: u64,
+    /// Per-node counters (swarm).
+    pub node_stats: Vec<NodeStats>,
+    /// The configuration.
+    pub config: crate::config::TrainConfig,
+}
+
+/// Mean and maximum staleness (local steps) of the averaged copies of all nodes.
+pub(crate) fn staleness(stats: &[NodeStats]) -> (f64, u64) {
+    let copies: u64 = stats.iter().map(|s| s.copies_averaged).sum();
+    let total: u64 = stats.iter().map(|s| s.staleness_steps_total).sum();
+    let max = stats
+        .iter()
+        .map(|s| s.staleness_steps_max)
+        .max()
+        .unwrap_or(0);
+    (total as f64 / copies.max(1) as f64, max)
+}
 
 /// Writes `metrics.csv`, `summary.json` and `model.safetensors` into `out`.
 pub fn write_outputs(
