@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::algorithm::{
     all_finite_le, average_checked_le, average_into, fold_correction, fold_correction_le, le_bytes,
-    le_values, linf_distance, pairwise_average, pairwise_checked_le,
+    le_values, linf_distance, pairwise_average, pairwise_checked_le, Rejected,
 };
 use crate::transport::{Completion, OpId, ReadOutcome, Transport, WriteOutcome};
 use crate::{Interaction, LocalSteps, NodeId, Schedule, SwarmError, TransportError};
@@ -439,9 +439,10 @@ impl<T: Transport> SwarmNode<T> {
                 self.due = true;
                 self.stats.deferred += 1;
             } else {
-                self.start_random(params)?;
+                self.start_random()?;
             }
         }
+        // A transport that completes at once (in-process) lands the copy before the next step.
         let averaged = self.progress(params)?;
         if self.overlap == Overlap::Off {
             return Ok(self.wait_idle(params)?.or(averaged));
@@ -462,7 +463,7 @@ impl<T: Transport> SwarmNode<T> {
                     return Ok(averaged);
                 }
                 self.due = false;
-                self.start_random(params)?;
+                self.start_random()?;
                 if self.in_flight.is_none() {
                     return Ok(averaged);
                 }
@@ -487,7 +488,7 @@ impl<T: Transport> SwarmNode<T> {
     fn wait_idle(&mut self, params: &mut [f32]) -> Result<Option<NodeId>, SwarmError> {
         let mut averaged = None;
         let mut polls = 0u32;
-        while self.in_flight.is_some() {
+        loop {
             if let Some(peer) = self.progress(params)? {
                 averaged = Some(peer);
             }
@@ -513,12 +514,12 @@ impl<T: Transport> SwarmNode<T> {
         self.check_len(params)?;
         self.drain(params)?;
         let before = self.stats.interactions;
-        self.start(peer, params)?;
+        self.start(peer)?;
         self.wait_idle(params)?;
         Ok(self.stats.interactions > before)
     }
 
-    fn start_random(&mut self, params: &mut [f32]) -> Result<(), SwarmError> {
+    fn start_random(&mut self) -> Result<(), SwarmError> {
         let reachable: Vec<NodeId> = self
             .neighbours
             .iter()
@@ -526,13 +527,13 @@ impl<T: Transport> SwarmNode<T> {
             .filter(|p| !self.unreachable.contains(p))
             .collect();
         match Schedule::pick_neighbour(&reachable, &mut self.rng) {
-            Some(peer) => self.start(peer, params),
+            Some(peer) => self.start(peer),
             None => Ok(()),
         }
     }
 
     /// Starts an interaction with `peer`: checks the inbox slot (pairwise), then starts the read.
-    fn start(&mut self, peer: NodeId, params: &mut [f32]) -> Result<(), SwarmError> {
+    fn start(&mut self, peer: NodeId) -> Result<(), SwarmError> {
         debug_assert!(self.in_flight.is_none());
         if self.interaction == Interaction::Pairwise {
             match self.transport.slot_free_at(peer) {
@@ -549,8 +550,6 @@ impl<T: Transport> SwarmNode<T> {
         }
         let started_at = self.stats.local_steps;
         self.start_read(peer, Stage::ReadModel, 0, self.encoded_len, started_at);
-        // A transport that completes at once (in-process) lands the copy before the next step.
-        self.progress(params)?;
         Ok(())
     }
 
@@ -676,8 +675,8 @@ impl<T: Transport> SwarmNode<T> {
         self.average_decoded(flight, params)
     }
 
-    /// Averages the raw copy in `read_buf` into `params` in one pass that also checks it
-    /// (finite, within the distance limit); a rejected copy leaves `params` untouched.
+    /// Checks the raw copy in `read_buf` (finite, within the distance limit), then averages it
+    /// into `params`; a rejected copy leaves `params` untouched.
     fn average_raw(
         &mut self,
         flight: InFlight,
@@ -692,8 +691,8 @@ impl<T: Transport> SwarmNode<T> {
         };
         if let Err(why) = verdict {
             match why {
-                crate::algorithm::Rejected::NonFinite => self.stats.rejected_non_finite += 1,
-                crate::algorithm::Rejected::TooFar => self.stats.rejected_absurd += 1,
+                Rejected::NonFinite => self.stats.rejected_non_finite += 1,
+                Rejected::TooFar => self.stats.rejected_absurd += 1,
             }
             return Ok(None);
         }

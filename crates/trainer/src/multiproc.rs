@@ -409,6 +409,7 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
             last.interactions = interactions;
             last.model_spread = spread;
         }
+        let (mean_staleness_steps, max_staleness_steps) = crate::report::staleness(&node_stats);
         let run = Summary {
             algo: cfg.raw.algo.to_string(),
             nodes: n,
@@ -422,8 +423,8 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
             train_seconds,
             seconds_per_epoch: train_seconds / (cfg.raw.epochs - start_epoch).max(1) as f64,
             parameters: dim,
-            mean_staleness_steps: crate::report::staleness(&node_stats).0,
-            max_staleness_steps: crate::report::staleness(&node_stats).1,
+            mean_staleness_steps,
+            max_staleness_steps,
             node_stats,
             config: cfg.raw.clone(),
         };

@@ -321,6 +321,8 @@ pub fn train_accounted(
         .last()
         .cloned()
         .ok_or_else(|| TrainError::Node("no evaluation".into()))?;
+    let node_stats: Vec<NodeStats> = snapshots.into_iter().map(|(_, s)| s).collect();
+    let (mean_staleness_steps, max_staleness_steps) = crate::report::staleness(&node_stats);
     let summary = Summary {
         algo: cfg.raw.algo.to_string(),
         nodes: n,
@@ -337,14 +339,11 @@ pub fn train_accounted(
         train_seconds: final_row.train_seconds,
         seconds_per_epoch: final_row.train_seconds / (cfg.raw.epochs - start_epoch) as f64,
         parameters: dim,
-        mean_staleness_steps: 0.0,
-        max_staleness_steps: 0,
-        node_stats: snapshots.into_iter().map(|(_, s)| s).collect(),
+        mean_staleness_steps,
+        max_staleness_steps,
+        node_stats,
         config: cfg.raw.clone(),
     };
-    let mut summary = summary;
-    (summary.mean_staleness_steps, summary.max_staleness_steps) =
-        crate::report::staleness(&summary.node_stats);
     crate::report::write_outputs(&cfg.raw.out, &rows, &summary, &eval_model)?;
     if !step_evals.is_empty() {
         crate::report::write_step_evals(&cfg.raw.out, &step_evals)?;
