@@ -36,6 +36,8 @@
 //! intrinsic), so aarch64 and every other architecture run the scalar path.
 #![allow(unsafe_code)]
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 #[cfg(all(target_arch = "x86_64", quant_avx512))]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
@@ -219,6 +221,14 @@ pub(crate) fn pack_vertical_blocks<const B: usize>(codes: &[u32], out: &mut [u8]
         unsafe { avx512::pack_vertical_avx512::<B>(codes.as_ptr(), out.as_mut_ptr(), n) };
         return n;
     }
+    #[cfg(target_arch = "x86_64")]
+    if level() >= Level::Avx2 {
+        // SAFETY: `level()` found avx2 (every level above `Avx2` includes it); `codes` holds
+        // at least `64 n` values and `out` at least `8 B n` bytes (the definition of `n`); `B`
+        // is a vertical width (checked).
+        unsafe { avx2::pack_vertical_avx2::<B>(codes.as_ptr(), out.as_mut_ptr(), n) };
+        return n;
+    }
     0
 }
 
@@ -237,6 +247,14 @@ pub(crate) fn unpack_vertical_blocks<const B: usize>(bytes: &[u8], out: &mut [u3
         // SAFETY: `level()` found avx512f; `bytes` holds at least `8 B n` bytes and `out` at
         // least `64 n` values (the definition of `n`); `B` is a vertical width (checked).
         unsafe { avx512::unpack_vertical_avx512::<B>(bytes.as_ptr(), out.as_mut_ptr(), n) };
+        return n;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if level() >= Level::Avx2 {
+        // SAFETY: `level()` found avx2 (every level above `Avx2` includes it); `bytes` holds
+        // at least `8 B n` bytes and `out` at least `64 n` values (the definition of `n`); `B`
+        // is a vertical width (checked).
+        unsafe { avx2::unpack_vertical_avx2::<B>(bytes.as_ptr(), out.as_mut_ptr(), n) };
         return n;
     }
     0
