@@ -119,6 +119,16 @@ pub(crate) fn level() -> Level {
     }
 }
 
+/// Runs `f` at the level [`level`] gives, or at `max` if that is lower (everything inside `f`
+/// behaves as on a CPU without the wider level: loop widths, explicit kernels, streaming
+/// stores). For work measured faster at a narrower level; results are the same at every level.
+pub(crate) fn at_most<R>(max: Level, f: impl FnOnce() -> R) -> R {
+    let old = CAP.with(|c| c.replace(Some(c.get().map_or(max, |v| v.min(max)))));
+    let r = f();
+    CAP.with(|c| c.set(old));
+    r
+}
+
 /// Runs `f` with the level capped at `cap` on this thread (tests).
 #[cfg(test)]
 pub(crate) fn with_cap<R>(cap: Level, f: impl FnOnce() -> R) -> R {
