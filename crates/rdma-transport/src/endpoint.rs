@@ -13,6 +13,10 @@ use crate::record::{EndpointRecord, SLOT_HEADER};
 use crate::verbs::{self, Access, Cq, Device, Op, Qp, Region, RemoteBuf, Wc, Wr};
 use crate::{NumaPlacement, RdmaConfig, RdmaError};
 
+/// Bytes of the scratch buffer through which `publish_with` fills the registered window: a
+/// multiple of `PUBLISH_CHUNK_ALIGN`, small enough to stay in cache.
+const PUBLISH_SCRATCH: usize = 64 * 1024;
+
 /// Scratch offsets (in each peer's scratch region).
 const S_SEQ: usize = 0; // seqlock word read before the payload
 const S_LEN: usize = 8; // payload length read with it
@@ -953,6 +957,43 @@ impl Transport for RdmaEndpoint {
         w.store(8, payload.len() as u64, Ordering::Relaxed)
             .map_err(fail)?;
         w.write(self.data_offset, payload).map_err(fail)?;
+        fence(Ordering::Release);
+        w.store(0, odd + 1, Ordering::Release).map_err(fail)?;
+        Ok(())
+    }
+
+    fn publish_with(
+        &mut self,
+        len: usize,
+        fill: &mut dyn FnMut(usize, &mut [u8]),
+    ) -> Result<(), TransportError> {
+        if len > self.capacity {
+            return Err(TransportError::TooLarge {
+                len,
+                capacity: self.capacity,
+            });
+        }
+        let w = &self.published;
+        let fail = |e: RdmaError| TransportError::Unreachable {
+            peer: self.me,
+            why: format!("own window: {e}"),
+        };
+        let seq = w.load(0, Ordering::Relaxed).map_err(fail)?;
+        let odd = if seq % 2 == 0 { seq + 1 } else { seq };
+        w.store(0, odd, Ordering::Relaxed).map_err(fail)?;
+        // The odd word must be visible before any payload byte changes.
+        fence(Ordering::SeqCst);
+        w.store(8, len as u64, Ordering::Relaxed).map_err(fail)?;
+        // Filled through a cache-sized scratch buffer, chunk by chunk, into the registered window.
+        let mut scratch = vec![0u8; PUBLISH_SCRATCH.min(len)];
+        let mut offset = 0;
+        while offset < len {
+            let n = scratch.len().min(len - offset);
+            fill(offset, &mut scratch[..n]);
+            w.write(self.data_offset + offset, &scratch[..n])
+                .map_err(fail)?;
+            offset += n;
+        }
         fence(Ordering::Release);
         w.store(0, odd + 1, Ordering::Release).map_err(fail)?;
         Ok(())

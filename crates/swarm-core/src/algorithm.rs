@@ -229,13 +229,20 @@ pub enum Rejected {
 }
 
 /// Checks that every value of `y` (little-endian f32 bytes) is finite and within `limit` of `x`
-/// in every coordinate.
+/// in every coordinate. Without a limit (`f32::INFINITY`) only `y` is read.
 pub fn check_copy_le(x: &[f32], y: &[u8], limit: f32) -> Result<(), Rejected> {
     assert_eq!(
         4 * x.len(),
         y.len(),
         "averaging vectors of different lengths"
     );
+    if limit == f32::INFINITY {
+        return if all_finite_le(y) {
+            Ok(())
+        } else {
+            Err(Rejected::NonFinite)
+        };
+    }
     // Lane-wise flags so that the compiler vectorizes; a short-circuiting scan would stay scalar.
     let mut finite = [true; 8];
     let mut near = [true; 8];
@@ -279,6 +286,44 @@ pub fn pairwise_checked_le(
     check_copy_le(x, y, limit)?;
     pairwise_average_le(x, y, correction);
     Ok(())
+}
+
+/// One chunk of a fused average and publish: `x <- (x + y) / 2` as [`average_into_le`] computes
+/// it, or with `correction` the pairwise step as [`pairwise_average_le`] computes it, and the new
+/// `x` written to `out` as little-endian bytes (the node's window), in the same pass.
+pub fn average_publish_le(x: &mut [f32], y: &[u8], out: &mut [u8], correction: Option<&mut [f32]>) {
+    assert_eq!(
+        4 * x.len(),
+        y.len(),
+        "averaging vectors of different lengths"
+    );
+    assert_eq!(
+        y.len(),
+        out.len(),
+        "publishing into a chunk of a different length"
+    );
+    let pairs = x.iter_mut().zip(le_values(y)).zip(out.chunks_exact_mut(4));
+    match correction {
+        None => {
+            for ((a, b), o) in pairs {
+                *a = 0.5 * (*a + b);
+                o.copy_from_slice(&a.to_le_bytes());
+            }
+        }
+        Some(correction) => {
+            assert_eq!(
+                correction.len(),
+                y.len() / 4,
+                "correction of a different length"
+            );
+            for (((a, b), o), c) in pairs.zip(correction.iter_mut()) {
+                let half_gap = 0.5 * (*a - b);
+                *c = half_gap;
+                *a -= half_gap;
+                o.copy_from_slice(&a.to_le_bytes());
+            }
+        }
+    }
 }
 
 /// `x <- x + correction`.
@@ -394,6 +439,83 @@ pub fn spread<'a>(models: impl IntoIterator<Item = &'a [f32]> + Clone) -> f64 {
 mod tests {
     use super::*;
     use rand::{rngs::StdRng, SeedableRng};
+
+    /// Values that exercise rounding: mixed signs, magnitudes far apart, subnormals.
+    fn awkward(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..n)
+            .map(|k| {
+                let v: f32 = rng.random_range(-1.0..1.0);
+                match k % 5 {
+                    0 => v * 1e-3,
+                    1 => v * 1e3,
+                    2 => v * f32::MIN_POSITIVE,
+                    _ => v,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_fused_average_gives_the_separate_passes_bits_in_any_chunking() {
+        let n = 1001;
+        let (x0, y) = (awkward(n, 1), awkward(n, 2));
+        let y_le: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for pairwise in [false, true] {
+            let mut expected = x0.clone();
+            let mut expected_correction = vec![0.0f32; n];
+            if pairwise {
+                pairwise_average_le(&mut expected, &y_le, &mut expected_correction);
+            } else {
+                average_into_le(&mut expected, &y_le);
+            }
+            for chunk in [1, 16, 64, 1001] {
+                let mut x = x0.clone();
+                let mut correction = vec![0.0f32; n];
+                let mut out = vec![0u8; 4 * n];
+                for (k, ((xs, ys), os)) in x
+                    .chunks_mut(chunk)
+                    .zip(y_le.chunks(4 * chunk))
+                    .zip(out.chunks_mut(4 * chunk))
+                    .enumerate()
+                {
+                    let c = &mut correction[k * chunk..k * chunk + xs.len()];
+                    average_publish_le(xs, ys, os, pairwise.then_some(c));
+                }
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&x),
+                    bits(&expected),
+                    "pairwise {pairwise}, chunk {chunk}"
+                );
+                let published: Vec<f32> = le_values(&out).collect();
+                assert_eq!(bits(&published), bits(&expected));
+                if pairwise {
+                    assert_eq!(bits(&correction), bits(&expected_correction));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_check_without_a_limit_still_rejects_every_non_finite_value() {
+        let x = vec![0.0f32; 19];
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for at in [0, 7, 8, 18] {
+                let mut y = [1e30f32; 19];
+                y[at] = bad;
+                let y_le: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
+                assert_eq!(
+                    check_copy_le(&x, &y_le, f32::INFINITY),
+                    Err(Rejected::NonFinite)
+                );
+                assert_eq!(check_copy_le(&x, &y_le, 1.0), Err(Rejected::NonFinite));
+            }
+        }
+        let far: Vec<u8> = [1e30f32; 19].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(check_copy_le(&x, &far, f32::INFINITY), Ok(()));
+        assert_eq!(check_copy_le(&x, &far, 1.0), Err(Rejected::TooFar));
+    }
 
     #[test]
     fn geometric_local_steps_have_the_requested_mean() {

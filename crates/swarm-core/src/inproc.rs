@@ -13,6 +13,10 @@ use crate::{NodeId, TransportError};
 /// How many times a read retries a copy that changed under it before reporting [`ReadOutcome::Torn`].
 const READ_ATTEMPTS: usize = 64;
 
+/// Bytes of the scratch buffer through which [`Transport::publish_with`] fills a window: small
+/// enough to stay in the first-level cache.
+const STORE_CHUNK: usize = 16 * 1024;
+
 struct Words {
     words: Box<[AtomicU64]>,
 }
@@ -29,8 +33,28 @@ impl Words {
     }
 
     fn store(&self, payload: &[u8]) {
+        self.store_at(0, payload);
+    }
+
+    /// Fills the first `len` bytes through `fill` (see [`Transport::publish_with`]), one chunk of
+    /// a small scratch buffer at a time.
+    fn store_with(&self, len: usize, fill: &mut dyn FnMut(usize, &mut [u8])) {
+        let mut scratch = [0u8; STORE_CHUNK];
+        let mut offset = 0;
+        while offset < len {
+            let n = STORE_CHUNK.min(len - offset);
+            let chunk = &mut scratch[..n];
+            fill(offset, chunk);
+            self.store_at(offset, chunk);
+            offset += n;
+        }
+    }
+
+    /// Stores `payload` at byte `offset`, a multiple of 8.
+    fn store_at(&self, offset: usize, payload: &[u8]) {
+        let first = offset / 8;
         let mut chunks = payload.chunks_exact(8);
-        for (word, chunk) in self.words.iter().zip(&mut chunks) {
+        for (word, chunk) in self.words[first..].iter().zip(&mut chunks) {
             let mut b = [0u8; 8];
             b.copy_from_slice(chunk);
             word.store(u64::from_le_bytes(b), Ordering::Relaxed);
@@ -39,7 +63,7 @@ impl Words {
         if !tail.is_empty() {
             let mut b = [0u8; 8];
             b[..tail.len()].copy_from_slice(tail);
-            self.words[payload.len() / 8].store(u64::from_le_bytes(b), Ordering::Relaxed);
+            self.words[first + payload.len() / 8].store(u64::from_le_bytes(b), Ordering::Relaxed);
         }
     }
 
@@ -286,6 +310,27 @@ impl Transport for InProcessEndpoint {
         fence(Ordering::Release);
         window.len.store(payload.len(), Ordering::Relaxed);
         window.data.store(payload);
+        window.seq.store(seq + 2, Ordering::Release);
+        Ok(())
+    }
+
+    fn publish_with(
+        &mut self,
+        len: usize,
+        fill: &mut dyn FnMut(usize, &mut [u8]),
+    ) -> Result<(), TransportError> {
+        let window = &self.fabric.windows[self.me];
+        if len > window.data.capacity() {
+            return Err(TransportError::TooLarge {
+                len,
+                capacity: window.data.capacity(),
+            });
+        }
+        let seq = window.seq.load(Ordering::Relaxed);
+        window.seq.store(seq + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        window.len.store(len, Ordering::Relaxed);
+        window.data.store_with(len, fill);
         window.seq.store(seq + 2, Ordering::Release);
         Ok(())
     }

@@ -28,17 +28,17 @@ mod sim;
 mod transport;
 
 pub use algorithm::{
-    all_finite_le, average_checked_le, average_into, average_into_le, check_copy_le,
-    fold_correction, fold_correction_le, le_bytes, le_values, linf_distance, mean_of,
-    pairwise_average, pairwise_average_le, pairwise_checked_le, spread, Interaction, LocalSteps,
-    Rejected, Schedule,
+    all_finite_le, average_checked_le, average_into, average_into_le, average_publish_le,
+    check_copy_le, fold_correction, fold_correction_le, le_bytes, le_values, linf_distance,
+    mean_of, pairwise_average, pairwise_average_le, pairwise_checked_le, spread, Interaction,
+    LocalSteps, Rejected, Schedule,
 };
 pub use error::{SwarmError, TransportError};
 pub use inproc::{InProcessEndpoint, InProcessFabric};
 pub use node::{NodeStats, Overlap, SwarmNode};
 pub use objective::{LeastSquares, LogisticRegression, Objective};
 pub use sim::{SimConfig, Simulator};
-pub use transport::{Completion, OpId, ReadOutcome, Transport, WriteOutcome};
+pub use transport::{Completion, OpId, ReadOutcome, Transport, WriteOutcome, PUBLISH_CHUNK_ALIGN};
 
 /// Index of a node, `0..n`.
 pub type NodeId = usize;

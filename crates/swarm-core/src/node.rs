@@ -18,8 +18,8 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::algorithm::{
-    all_finite_le, average_checked_le, average_into, fold_correction, fold_correction_le, le_bytes,
-    le_values, linf_distance, pairwise_average, pairwise_checked_le, Rejected,
+    all_finite_le, average_into, average_publish_le, check_copy_le, fold_correction,
+    fold_correction_le, le_bytes, le_values, linf_distance, pairwise_average, Rejected,
 };
 use crate::transport::{Completion, OpId, ReadOutcome, Transport, WriteOutcome};
 use crate::{Interaction, LocalSteps, NodeId, Schedule, SwarmError, TransportError};
@@ -172,7 +172,6 @@ pub struct SwarmNode<T: Transport> {
     /// Whether the codec quantizes (the payload then also carries the raw model).
     quantized: bool,
     encoded: Vec<u8>,
-    payload: Vec<u8>,
     /// Lent to the transport while a read is in flight.
     read_buf: Vec<u8>,
     /// The decoded peer model (quantized reads; raw reads are averaged straight from `read_buf`).
@@ -245,7 +244,6 @@ impl<T: Transport> SwarmNode<T> {
             encoded_len,
             quantized,
             encoded,
-            payload: Vec::new(),
             read_buf: Vec::new(),
             peer_model: vec![0.0; dim],
             correction: vec![0.0; dim],
@@ -354,11 +352,19 @@ impl<T: Transport> SwarmNode<T> {
             return Ok(());
         }
         self.codec.encode(params, &mut self.encoded)?;
-        self.payload.clear();
-        self.payload.extend_from_slice(&self.encoded);
-        self.payload.resize(self.full_precision_offset(), 0);
-        self.payload.extend_from_slice(&le_bytes(params));
-        self.transport.publish(&self.payload)?;
+        // Encoded model, zeros up to the raw copy's 8-aligned offset, raw model: written straight
+        // into the window.
+        let padding = [0u8; 8];
+        let raw = le_bytes(params);
+        let parts = [
+            &self.encoded[..],
+            &padding[..self.full_precision_offset() - self.encoded.len()],
+            &raw[..],
+        ];
+        let len = parts.iter().map(|p| p.len()).sum();
+        self.transport.publish_with(len, &mut |offset, chunk| {
+            fill_from_parts(&parts, offset, chunk)
+        })?;
         Ok(())
     }
 
@@ -676,27 +682,34 @@ impl<T: Transport> SwarmNode<T> {
     }
 
     /// Checks the raw copy in `read_buf` (finite, within the distance limit), then averages it
-    /// into `params`; a rejected copy leaves `params` untouched.
+    /// into `params` and publishes the result in the same pass; a rejected copy leaves `params`
+    /// untouched.
     fn average_raw(
         &mut self,
         flight: InFlight,
         params: &mut [f32],
     ) -> Result<Option<NodeId>, SwarmError> {
         let limit = self.max_peer_distance.unwrap_or(f32::INFINITY);
-        let verdict = match self.interaction {
-            Interaction::Pairwise => {
-                pairwise_checked_le(params, &self.read_buf, &mut self.correction, limit)
-            }
-            _ => average_checked_le(params, &self.read_buf, limit),
-        };
-        if let Err(why) = verdict {
+        if let Err(why) = check_copy_le(params, &self.read_buf, limit) {
             match why {
                 Rejected::NonFinite => self.stats.rejected_non_finite += 1,
                 Rejected::TooFar => self.stats.rejected_absurd += 1,
             }
             return Ok(None);
         }
-        self.after_average(flight, params)
+        let pairwise = self.interaction == Interaction::Pairwise;
+        let (landed, correction) = (&self.read_buf, &mut self.correction);
+        self.transport
+            .publish_with(landed.len(), &mut |offset, chunk| {
+                let (from, to) = (offset / 4, (offset + chunk.len()) / 4);
+                average_publish_le(
+                    &mut params[from..to],
+                    &landed[offset..offset + chunk.len()],
+                    chunk,
+                    pairwise.then(|| &mut correction[from..to]),
+                );
+            })?;
+        self.after_average(flight, params, true)
     }
 
     /// Checks and averages the decoded (or fallback) copy in `peer_model` into `params`.
@@ -722,22 +735,25 @@ impl<T: Transport> SwarmNode<T> {
             }
             _ => average_into(params, &self.peer_model),
         }
-        self.after_average(flight, params)
+        self.after_average(flight, params, false)
     }
 
-    /// The copy is averaged in: count its staleness, republish, and for pairwise averaging start
-    /// writing the correction.
+    /// The copy is averaged in: count its staleness, publish the new model (unless `published`
+    /// already, and not changed since), and for pairwise averaging start writing the correction.
     fn after_average(
         &mut self,
         flight: InFlight,
         params: &mut [f32],
+        published: bool,
     ) -> Result<Option<NodeId>, SwarmError> {
+        let mut changed = !published;
         let stale = self.stats.local_steps - flight.started_at;
         self.stats.copies_averaged += 1;
         self.stats.staleness_steps_total += stale;
         self.stats.staleness_steps_max = self.stats.staleness_steps_max.max(stale);
         if self.interaction == Interaction::Pairwise {
             let encoded = self.encode_correction(params);
+            changed |= encoded;
             let payload: &[u8] = if encoded {
                 &self.correction_bytes
             } else {
@@ -755,12 +771,15 @@ impl<T: Transport> SwarmNode<T> {
                 Err(e) => {
                     self.mark_unreachable(flight.peer, e);
                     fold_correction(params, &self.correction);
+                    changed = true;
                 }
             }
         } else {
             self.stats.interactions += 1;
         }
-        self.publish(params)?;
+        if changed {
+            self.publish(params)?;
+        }
         Ok(Some(flight.peer))
     }
 
@@ -814,6 +833,38 @@ impl<T: Transport> SwarmNode<T> {
                 params.len(),
                 self.dim
             )))
+        }
+    }
+}
+
+/// Fills `chunk`, bytes `offset..offset + chunk.len()` of a payload made of `parts` laid end to
+/// end.
+fn fill_from_parts(parts: &[&[u8]], offset: usize, chunk: &mut [u8]) {
+    let end = offset + chunk.len();
+    let mut start = 0;
+    for part in parts {
+        let (lo, hi) = (offset.max(start), end.min(start + part.len()));
+        if lo < hi {
+            chunk[lo - offset..hi - offset].copy_from_slice(&part[lo - start..hi - start]);
+        }
+        start += part.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fill_from_parts;
+
+    #[test]
+    fn a_payload_filled_in_chunks_is_its_parts_end_to_end() {
+        let parts: [&[u8]; 3] = [b"encoded", &[0, 0, 0], b"raw model bytes"];
+        let whole: Vec<u8> = parts.concat();
+        for chunk in 1..=whole.len() {
+            let mut out = vec![0xAAu8; whole.len()];
+            for (k, piece) in out.chunks_mut(chunk).enumerate() {
+                fill_from_parts(&parts, k * chunk, piece);
+            }
+            assert_eq!(out, whole, "chunks of {chunk}");
         }
     }
 }

@@ -7,6 +7,10 @@
 
 use crate::{NodeId, TransportError};
 
+/// Chunks handed to the `fill` of [`Transport::publish_with`] (all but the last) are multiples of
+/// this many bytes, so that a chunk holds whole f32 (and f64) values.
+pub const PUBLISH_CHUNK_ALIGN: usize = 64;
+
 /// Identifies an operation started on a transport.
 pub type OpId = u64;
 
@@ -79,6 +83,22 @@ pub trait Transport: Send {
     /// Copies `payload` into this node's published window, bumping its version.
     fn publish(&mut self, payload: &[u8]) -> Result<(), TransportError>;
 
+    /// Publishes a payload of `len` bytes that `fill` writes in place, as [`Transport::publish`]
+    /// would publish it: `fill(offset, chunk)` is called for consecutive chunks, in increasing
+    /// order, and writes bytes `offset..offset + chunk.len()` of the payload; every chunk but the
+    /// last is a multiple of [`PUBLISH_CHUNK_ALIGN`] bytes long. A payload computed from the model
+    /// (an average, an encoding) then needs no staging copy. The default stages the whole payload
+    /// and calls [`Transport::publish`].
+    fn publish_with(
+        &mut self,
+        len: usize,
+        fill: &mut dyn FnMut(usize, &mut [u8]),
+    ) -> Result<(), TransportError> {
+        let mut payload = vec![0u8; len];
+        fill(0, &mut payload);
+        self.publish(&payload)
+    }
+
     /// Starts a one-sided read of bytes `offset..offset + len` of `peer`'s published payload into
     /// `buf` (resized to `len`). Poll for the [`Completion::Read`] that hands `buf` back.
     fn start_read(
@@ -124,6 +144,14 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
 
     fn publish(&mut self, payload: &[u8]) -> Result<(), TransportError> {
         (**self).publish(payload)
+    }
+
+    fn publish_with(
+        &mut self,
+        len: usize,
+        fill: &mut dyn FnMut(usize, &mut [u8]),
+    ) -> Result<(), TransportError> {
+        (**self).publish_with(len, fill)
     }
 
     fn start_read(

@@ -392,3 +392,35 @@ fn quantized_corrections_keep_the_sum_exact_and_shrink_the_writes() {
         "{written} bytes written vs {raw} raw"
     );
 }
+
+#[test]
+fn a_payload_published_in_place_reads_back_whole_and_bumps_the_version() {
+    // Longer than several fill chunks, with a tail that is not a whole word.
+    const LEN: usize = 3 * 16 * 1024 + 13;
+    let fabric = InProcessFabric::new(vec![vec![1], vec![0]], LEN).unwrap();
+    let mut writer = fabric.endpoint(0).unwrap();
+    let mut reader = fabric.endpoint(1).unwrap();
+    let expected: Vec<u8> = (0..LEN).map(|k| (k * 7 % 251) as u8).collect();
+    writer.publish(b"first").unwrap();
+    let mut offsets = Vec::new();
+    writer
+        .publish_with(LEN, &mut |offset, chunk| {
+            offsets.push((offset, chunk.len()));
+            chunk.copy_from_slice(&expected[offset..offset + chunk.len()]);
+        })
+        .unwrap();
+    // Consecutive chunks covering the payload, each but the last a multiple of the alignment.
+    let mut next = 0;
+    for (k, &(offset, len)) in offsets.iter().enumerate() {
+        assert_eq!(offset, next);
+        if k + 1 < offsets.len() {
+            assert_eq!(len % swarmsgd_core::PUBLISH_CHUNK_ALIGN, 0);
+        }
+        next += len;
+    }
+    assert_eq!(next, LEN);
+    let (outcome, bytes) = read_once(&mut reader, 0, LEN);
+    assert_eq!(outcome, ReadOutcome::Model { version: 2 });
+    assert_eq!(bytes, expected);
+    assert!(writer.publish_with(LEN + 8, &mut |_, _| {}).is_err());
+}

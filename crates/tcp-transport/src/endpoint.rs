@@ -229,6 +229,24 @@ impl Transport for TcpEndpoint {
         Ok(())
     }
 
+    fn publish_with(
+        &mut self,
+        len: usize,
+        fill: &mut dyn FnMut(usize, &mut [u8]),
+    ) -> Result<(), TransportError> {
+        if len > self.shared.capacity {
+            return Err(TransportError::TooLarge {
+                len,
+                capacity: self.shared.capacity,
+            });
+        }
+        let mut published = lock(&self.shared.published);
+        fill(0, &mut published.data[..len]);
+        published.len = len;
+        published.version += 1;
+        Ok(())
+    }
+
     fn start_read(
         &mut self,
         peer: NodeId,

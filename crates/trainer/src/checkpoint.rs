@@ -30,19 +30,43 @@ pub const FLAT_PARAMS: &str = "swarm.params";
 /// Name of the flat optimizer-state tensor.
 pub const OPTIMIZER_STATE: &str = "swarm.optimizer_state";
 
-/// Name and shape of one parameter; a list of them, in flat-buffer order, is a model's layout.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParamLayout {
-    /// PyTorch-style name, e.g. `fc1.weight`.
-    pub name: String,
-    /// Shape.
-    pub shape: Vec<usize>,
+pub use crate::model::ParamLayout;
+
+/// What every checkpoint of a run records about the run itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunIdentity {
+    /// Nodes in the run.
+    pub nodes: usize,
+    /// The algorithm (`--algo`).
+    pub algo: String,
+    /// The model (`--model`).
+    pub model: String,
+    /// The run's configuration as TOML.
+    pub config_toml: String,
 }
 
-impl ParamLayout {
-    /// Number of elements.
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+impl RunIdentity {
+    /// Node `node`'s checkpoint at the end of epoch `epoch`, after `step` local steps.
+    pub fn checkpoint(
+        &self,
+        node: usize,
+        (epoch, step): (usize, u64),
+        params: Vec<f32>,
+        optimizer_state: Vec<f32>,
+        layout: Vec<ParamLayout>,
+    ) -> NodeCheckpoint {
+        NodeCheckpoint {
+            node,
+            nodes: self.nodes,
+            step,
+            epoch,
+            params,
+            optimizer_state,
+            algo: self.algo.clone(),
+            model: self.model.clone(),
+            config_toml: self.config_toml.clone(),
+            layout,
+        }
     }
 }
 
@@ -522,36 +546,31 @@ pub fn load_for_run(
     Ok(run)
 }
 
-/// Writes the checkpoints of all nodes of an in-process run at the end of epoch `epoch`, after
-/// `step` local steps per node (see [`write_epoch`]).
+/// Writes the checkpoints of all nodes of an in-process run of `run` into `out` at the end of
+/// epoch `epoch`, after `step` local steps per node (see [`write_epoch`]).
 pub fn write_run_epoch(
-    cfg: &crate::config::Resolved,
-    epoch: usize,
-    step: u64,
+    out: &Path,
+    run: &RunIdentity,
+    (epoch, step): (usize, u64),
     params: &[&[f32]],
     optimizer_states: Vec<Vec<f32>>,
     layout: &[ParamLayout],
 ) -> Result<PathBuf, TrainError> {
-    let config_toml = toml::to_string(&cfg.raw)
-        .map_err(|e| TrainError::Checkpoint(format!("cannot encode the config: {e}")))?;
     let nodes: Vec<NodeCheckpoint> = params
         .iter()
         .zip(optimizer_states)
         .enumerate()
-        .map(|(node, (p, optimizer_state))| NodeCheckpoint {
-            node,
-            nodes: params.len(),
-            step,
-            epoch,
-            params: p.to_vec(),
-            optimizer_state,
-            algo: cfg.raw.algo.to_string(),
-            model: cfg.raw.model.clone(),
-            config_toml: config_toml.clone(),
-            layout: layout.to_vec(),
+        .map(|(node, (p, optimizer_state))| {
+            run.checkpoint(
+                node,
+                (epoch, step),
+                p.to_vec(),
+                optimizer_state,
+                layout.to_vec(),
+            )
         })
         .collect();
-    write_epoch(&cfg.raw.out, epoch, &nodes)
+    write_epoch(out, epoch, &nodes)
 }
 
 /// The checkpoint file of `rank` in run directory `out`.

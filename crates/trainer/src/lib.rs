@@ -14,6 +14,7 @@ pub mod multiproc;
 pub mod netmodel;
 pub mod plot;
 pub mod report;
+mod setup;
 pub mod simstudy;
 pub mod train;
 mod worker;

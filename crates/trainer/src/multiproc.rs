@@ -14,7 +14,7 @@
 //! `SWARM_SUMMARY {json}` line on stdout for `tools/launcher`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::Path;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,8 +27,9 @@ use tcp_transport::{TcpConfig, TcpEndpoint};
 
 use crate::config::{Algo, Resolved, TransportKind};
 use crate::model::FlatModel;
-use crate::report::{EvalRow, Summary};
-use crate::worker::{checkpoint_due, Stepper};
+use crate::report::{EpochLine, EvalRow, RunTally, Summary};
+use crate::setup::{swarm_node, window_capacity, RunSetup};
+use crate::worker::{checkpoint_due, NodeAlgo, Stepper};
 
 pub use crate::checkpoint::{any_rank_checkpoint, rank_checkpoint};
 use crate::TrainError;
@@ -166,20 +167,11 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
     let mut store =
         Client::connect(&store_addr, &job.auth, rank as u32, store_config).map_err(store_error)?;
 
-    let data = crate::train::load_data(cfg, n)?;
-    let graph = cfg
-        .topology
-        .build(n, cfg.raw.seed)
-        .map_err(|e| TrainError::Config(format!("topology: {e}")))?;
-    let neighbours = graph.neighbours(rank).to_vec();
-    let parts = cfg.partition.split(&data.train.labels, n, cfg.raw.seed)?;
-    let classes = data.train.classes().max(data.test.classes());
-    let mut model = FlatModel::new(cfg.model, data.train.shape, classes, cfg.raw.seed)?;
-    model.set_sgd(cfg.sgd);
+    let setup = RunSetup::new(cfg, n)?;
+    let (data, steps_per_epoch) = (&setup.data, setup.steps_per_epoch);
+    let neighbours = setup.neighbours[rank].clone();
+    let mut model = setup.initial_model(cfg)?;
     let dim = model.dim();
-    let steps_per_epoch = data.train.len().div_ceil(n * cfg.raw.batch_size);
-    let total_steps = steps_per_epoch * cfg.raw.epochs;
-    let lr = cfg.lr_schedule(total_steps);
     let rank_dir = cfg.raw.out.join(format!("rank-{rank}"));
     std::fs::create_dir_all(&rank_dir)
         .map_err(|e| TrainError::Output(format!("cannot create {}: {e}", rank_dir.display())))?;
@@ -208,7 +200,7 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
     }
 
     // The endpoint, published under endpoint/RANK (a restarted rank overwrites its old address).
-    let capacity = crate::train::window_capacity(cfg, dim);
+    let capacity = window_capacity(cfg, dim);
     let mut known: Vec<(usize, String)> = Vec::with_capacity(neighbours.len());
     let endpoint: NodeEndpoint = if cfg.transport == TransportKind::Rdma {
         Box::new(connect_rdma(
@@ -229,7 +221,7 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
         )?)
     };
     let my_addr = endpoint.describe();
-    let mut swarm = crate::train::swarm_node(cfg, endpoint, neighbours.clone(), dim)?;
+    let mut swarm = swarm_node(cfg, endpoint, neighbours.clone(), dim)?;
     model.with_params_mut(|p| swarm.publish(p))?;
     eprintln!(
         "rank {rank}/{n}: {} on {my_addr}, neighbours {neighbours:?}, {} ({dim} parameters), {steps_per_epoch} steps per epoch",
@@ -238,10 +230,10 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
 
     let mut stepper = Stepper::new(
         &data.train,
-        &parts[rank],
+        &setup.parts[rank],
         (cfg.raw.seed, rank),
         cfg.raw.batch_size,
-        lr,
+        setup.lr,
         start_epoch * steps_per_epoch,
     );
     let mut readmitted = 0u64;
@@ -251,42 +243,24 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
     let training_started = Instant::now();
     let mut eval_seconds = 0.0;
     for epoch in start_epoch..cfg.raw.epochs {
-        let (mut loss_sum, mut steps) = (0.0, 0u64);
-        for _ in 0..steps_per_epoch {
-            if stop.load(Ordering::Relaxed) {
-                let path = rank_checkpoint(&cfg.raw.out, rank);
-                let saved = if path.is_file() {
-                    format!(
-                        "its last checkpoint is {} (continue with --resume {})",
-                        path.display(),
-                        cfg.raw.out.display()
-                    )
-                } else {
-                    "no checkpoint was written (use --checkpoint-every)".to_string()
-                };
-                return Err(TrainError::Node(format!(
-                    "rank {rank} interrupted in epoch {}, after step {}; {saved}",
-                    epoch + 1,
-                    stepper.steps()
-                )));
-            }
-            let loss = stepper.step(&mut model, &mut swarm).map_err(|e| match e {
+        let tally = stepper
+            .run_epoch(&mut model, &mut swarm, steps_per_epoch, |_, swarm, step| {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(interrupted_error(cfg, rank, epoch, step));
+                }
+                if last_lookup.elapsed() > Duration::from_secs(2) && !swarm.unreachable().is_empty()
+                {
+                    last_lookup = Instant::now();
+                    readmitted += readmit_restarted(rank, swarm, &mut store, &mut known);
+                }
+                Ok(ControlFlow::Continue(()))
+            })
+            .map_err(|e| match e {
                 TrainError::Node(why) => TrainError::Node(format!("rank {rank}: {why}")),
                 other => other,
             })?;
-            loss_sum += loss;
-            steps += 1;
-            if last_lookup.elapsed() > Duration::from_secs(2) && !swarm.unreachable().is_empty() {
-                last_lookup = Instant::now();
-                readmitted += readmit_restarted(rank, &mut swarm, &mut store, &mut known);
-            }
-        }
-        // The epoch's model is whole: the interaction in flight has landed or been taken back.
-        model.with_params_mut(|p| {
-            swarm.drain(p)?;
-            swarm.step_boundary(p)
-        })?;
-        final_train_loss = loss_sum / steps.max(1) as f64;
+        swarm.at_epoch_end(&mut model)?;
+        final_train_loss = tally.mean_loss();
         let eval_start = Instant::now();
         // Rank 0 shows its own model's accuracy each epoch; the average is evaluated at the end.
         let (test_loss, test_accuracy) = if rank == 0 {
@@ -295,40 +269,38 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
             (f64::NAN, f64::NAN)
         };
         eval_seconds += eval_start.elapsed().as_secs_f64();
-        let train_seconds = training_started.elapsed().as_secs_f64() - eval_seconds;
         let stats = swarm.stats();
-        let mut line = format!(
-            "rank {rank} epoch {:>3}/{}  train loss {final_train_loss:.4}",
-            epoch + 1,
-            cfg.raw.epochs
-        );
-        if rank == 0 {
-            line.push_str(&format!("  own test acc {:.2}%", 100.0 * test_accuracy));
-        }
-        line.push_str(&format!(
-            "  {} interactions  {} bytes sent  staleness {:.2}/{} steps (mean/max)  unreachable {:?}  {:.2} s/epoch",
-            stats.interactions,
-            stats.bytes_sent(),
-            stats.mean_staleness(),
-            stats.staleness_steps_max,
-            swarm.unreachable(),
-            train_seconds / (epoch + 1 - start_epoch) as f64
-        ));
-        eprintln!("{line}");
-        rows.push(EvalRow {
+        let row = EvalRow {
             epoch: epoch + 1,
             train_loss: final_train_loss,
             test_loss,
             test_accuracy,
-            train_seconds,
+            train_seconds: training_started.elapsed().as_secs_f64() - eval_seconds,
             bytes_sent_total: stats.bytes_sent(),
             interactions: stats.interactions,
             model_spread: f64::NAN,
-        });
+        };
+        let line = EpochLine {
+            rank: Some(rank),
+            row: &row,
+            epochs: cfg.raw.epochs,
+            epochs_trained: epoch + 1 - start_epoch,
+            staleness: Some((stats.mean_staleness(), stats.staleness_steps_max)),
+            unreachable: Some(swarm.unreachable()),
+        };
+        eprintln!("{line}");
+        rows.push(row);
         if checkpoint_due(cfg.raw.checkpoint_every, epoch + 1, cfg.raw.epochs) {
             let path = rank_checkpoint(&cfg.raw.out, rank);
             let step = stepper.steps();
-            save_checkpoint(&path, cfg, rank, n, epoch + 1, step, &mut model)?;
+            let ck = setup.identity.checkpoint(
+                rank,
+                (epoch + 1, step as u64),
+                model.params(),
+                model.optimizer_state().to_vec(),
+                model.layout(),
+            );
+            crate::checkpoint::save(&path, &ck)?;
         }
     }
     let train_seconds = training_started.elapsed().as_secs_f64() - eval_seconds;
@@ -402,32 +374,29 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
             .collect();
         let bytes: u64 = node_stats.iter().map(NodeStats::bytes_sent).sum();
         let interactions: u64 = node_stats.iter().map(|s| s.interactions).sum();
-        if let Some(last) = rows.last_mut() {
-            last.test_loss = test_loss;
-            last.test_accuracy = test_accuracy;
-            last.bytes_sent_total = bytes;
-            last.interactions = interactions;
-            last.model_spread = spread;
-        }
-        let (mean_staleness_steps, max_staleness_steps) = crate::report::staleness(&node_stats);
-        let run = Summary {
-            algo: cfg.raw.algo.to_string(),
-            nodes: n,
-            final_test_accuracy: test_accuracy,
-            mean_node_test_accuracy: accuracies.iter().sum::<f64>() / accuracies.len() as f64,
-            min_node_test_accuracy: accuracies.iter().copied().fold(f64::INFINITY, f64::min),
-            bytes_sent_total: bytes,
-            interactions,
-            local_steps_total: node_stats.iter().map(|s| s.local_steps).sum(),
-            wall_seconds: started.elapsed().as_secs_f64(),
-            train_seconds,
-            seconds_per_epoch: train_seconds / (cfg.raw.epochs - start_epoch).max(1) as f64,
-            parameters: dim,
-            mean_staleness_steps,
-            max_staleness_steps,
-            node_stats,
-            config: cfg.raw.clone(),
-        };
+        let local_steps_total = node_stats.iter().map(|s| s.local_steps).sum();
+        // The run's last row: the averaged model, and every gathered rank's traffic.
+        let final_row = rows
+            .last_mut()
+            .ok_or_else(|| TrainError::Node("no epoch ran".into()))?;
+        final_row.test_loss = test_loss;
+        final_row.test_accuracy = test_accuracy;
+        final_row.bytes_sent_total = bytes;
+        final_row.interactions = interactions;
+        final_row.model_spread = spread;
+        let run = Summary::new(
+            cfg,
+            n,
+            RunTally {
+                final_row,
+                node_accuracies: &accuracies,
+                node_stats,
+                local_steps_total,
+                wall_seconds: started.elapsed().as_secs_f64(),
+                epochs_trained: cfg.raw.epochs - start_epoch,
+                parameters: dim,
+            },
+        );
         crate::report::write_outputs(&cfg.raw.out, &rows, &run, &model)?;
         summary.final_test_accuracy = Some(test_accuracy);
         summary.mean_node_test_accuracy = Some(run.mean_node_test_accuracy);
@@ -469,6 +438,25 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
     Ok(summary)
 }
 
+/// The error of rank `rank` stopped by SIGINT/SIGTERM in epoch `epoch` (from 0) after `step` local
+/// steps, saying where its last checkpoint is.
+fn interrupted_error(cfg: &Resolved, rank: usize, epoch: usize, step: usize) -> TrainError {
+    let path = rank_checkpoint(&cfg.raw.out, rank);
+    let saved = if path.is_file() {
+        format!(
+            "its last checkpoint is {} (continue with --resume {})",
+            path.display(),
+            cfg.raw.out.display()
+        )
+    } else {
+        "no checkpoint was written (use --checkpoint-every)".to_string()
+    };
+    TrainError::Node(format!(
+        "interrupted in epoch {}, after step {step}; {saved}",
+        epoch + 1
+    ))
+}
+
 /// How long to wait for a neighbour's first endpoint record: ranks start at different times.
 fn store_wait(peer_timeout: Duration) -> Duration {
     peer_timeout.max(Duration::from_secs(120))
@@ -478,31 +466,6 @@ fn store_wait(peer_timeout: Duration) -> Duration {
 struct FinalRecord {
     accuracy: f64,
     stats: NodeStats,
-}
-
-fn save_checkpoint(
-    path: &Path,
-    cfg: &Resolved,
-    rank: usize,
-    n: usize,
-    epoch: usize,
-    step: usize,
-    model: &mut FlatModel,
-) -> Result<(), TrainError> {
-    let ck = crate::checkpoint::NodeCheckpoint {
-        node: rank,
-        nodes: n,
-        step: step as u64,
-        epoch,
-        params: model.params(),
-        optimizer_state: model.optimizer_state().to_vec(),
-        algo: cfg.raw.algo.to_string(),
-        model: cfg.raw.model.clone(),
-        config_toml: toml::to_string(&cfg.raw)
-            .map_err(|e| TrainError::Checkpoint(e.to_string()))?,
-        layout: model.layout(),
-    };
-    crate::checkpoint::save(path, &ck)
 }
 
 /// Looks up the lost neighbours' endpoint records; one that changed belongs to a restarted rank:

@@ -68,6 +68,122 @@ pub struct Summary {
     pub config: crate::config::TrainConfig,
 }
 
+/// What a run's summary is made of, gathered by its driver from the nodes it ran.
+pub(crate) struct RunTally<'a> {
+    /// The last evaluation of the averaged model (its bytes and interactions are the run's).
+    pub final_row: &'a EvalRow,
+    /// Each gathered node's own model's test accuracy.
+    pub node_accuracies: &'a [f64],
+    /// Each gathered node's counters.
+    pub node_stats: Vec<NodeStats>,
+    /// Local SGD steps of all nodes.
+    pub local_steps_total: u64,
+    /// Wall time of the whole run.
+    pub wall_seconds: f64,
+    /// Epochs this process trained (the run's epochs less those a resumed run had done).
+    pub epochs_trained: usize,
+    /// Parameters per model.
+    pub parameters: usize,
+}
+
+impl Summary {
+    /// The summary of a run of `cfg` on `nodes` nodes.
+    pub(crate) fn new(cfg: &crate::config::Resolved, nodes: usize, tally: RunTally<'_>) -> Self {
+        let accuracies = tally.node_accuracies;
+        let (mean_staleness_steps, max_staleness_steps) = staleness(&tally.node_stats);
+        Summary {
+            algo: cfg.raw.algo.to_string(),
+            nodes,
+            final_test_accuracy: tally.final_row.test_accuracy,
+            mean_node_test_accuracy: accuracies.iter().sum::<f64>()
+                / accuracies.len().max(1) as f64,
+            min_node_test_accuracy: accuracies.iter().copied().fold(f64::INFINITY, f64::min),
+            bytes_sent_total: tally.final_row.bytes_sent_total,
+            interactions: tally.final_row.interactions,
+            local_steps_total: tally.local_steps_total,
+            wall_seconds: tally.wall_seconds,
+            train_seconds: tally.final_row.train_seconds,
+            seconds_per_epoch: tally.final_row.train_seconds / tally.epochs_trained.max(1) as f64,
+            parameters: tally.parameters,
+            mean_staleness_steps,
+            max_staleness_steps,
+            node_stats: tally.node_stats,
+            config: cfg.raw.clone(),
+        }
+    }
+}
+
+/// The line a driver prints at the end of each epoch: for the whole run (in-process, where the
+/// averaged model is evaluated) or for one rank (its own model, its own counters).
+pub(crate) struct EpochLine<'a> {
+    /// The rank printing it, in a multi-process run.
+    pub rank: Option<usize>,
+    /// The epoch's evaluation; NaN fields are left out of the line.
+    pub row: &'a EvalRow,
+    /// Epochs of the run.
+    pub epochs: usize,
+    /// Epochs this process trained so far (for the s/epoch figure).
+    pub epochs_trained: usize,
+    /// Mean and maximum staleness of the averaged copies so far, for SwarmSGD.
+    pub staleness: Option<(f64, u64)>,
+    /// Neighbours this rank cannot reach.
+    pub unreachable: Option<&'a std::collections::BTreeSet<usize>>,
+}
+
+impl std::fmt::Display for EpochLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let row = self.row;
+        if let Some(rank) = self.rank {
+            write!(f, "rank {rank} ")?;
+        }
+        write!(
+            f,
+            "epoch {:>3}/{}  train loss {:.4}",
+            row.epoch, self.epochs, row.train_loss
+        )?;
+        // A rank evaluates its own model; the in-process run the nodes' average.
+        let own = if self.rank.is_some() { "own " } else { "" };
+        if !row.test_loss.is_nan() {
+            write!(f, "  {own}test loss {:.4}", row.test_loss)?;
+        }
+        if !row.test_accuracy.is_nan() {
+            write!(f, "  {own}test acc {:.2}%", 100.0 * row.test_accuracy)?;
+        }
+        if !row.model_spread.is_nan() {
+            write!(f, "  spread {:.3e}", row.model_spread)?;
+        }
+        write!(
+            f,
+            "  {} sent  {} interactions",
+            human_bytes(row.bytes_sent_total),
+            row.interactions
+        )?;
+        if let Some((mean, max)) = self.staleness {
+            write!(f, "  staleness {mean:.2}/{max} steps (mean/max)")?;
+        }
+        if let Some(lost) = self.unreachable.filter(|l| !l.is_empty()) {
+            write!(f, "  unreachable {lost:?}")?;
+        }
+        write!(
+            f,
+            "  {:.2} s/epoch",
+            row.train_seconds / self.epochs_trained.max(1) as f64
+        )
+    }
+}
+
+/// `b` bytes in GB, MB or kB.
+pub(crate) fn human_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else {
+        format!("{:.0} kB", b / 1e3)
+    }
+}
+
 /// Mean and maximum staleness (local steps) of the averaged copies of all nodes.
 pub(crate) fn staleness(stats: &[NodeStats]) -> (f64, u64) {
     let copies: u64 = stats.iter().map(|s| s.copies_averaged).sum();
@@ -157,4 +273,71 @@ pub fn write_model(path: &Path, summary: &Summary, model: &FlatModel) -> Result<
     .collect();
     let bytes = crate::checkpoint::safetensors_bytes(&tensors, metadata)?;
     crate::checkpoint::write_atomically(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(test_loss: f64, test_accuracy: f64, model_spread: f64) -> EvalRow {
+        EvalRow {
+            epoch: 3,
+            train_loss: 0.51234,
+            test_loss,
+            test_accuracy,
+            train_seconds: 6.0,
+            bytes_sent_total: 2_500_000_000,
+            interactions: 1234,
+            model_spread,
+        }
+    }
+
+    #[test]
+    fn the_epoch_line_of_a_run_and_of_a_rank_say_what_each_evaluated() {
+        let averaged = row(0.4, 0.8765, 1.5e-3);
+        let run = EpochLine {
+            rank: None,
+            row: &averaged,
+            epochs: 10,
+            epochs_trained: 2,
+            staleness: None,
+            unreachable: None,
+        };
+        assert_eq!(
+            run.to_string(),
+            "epoch   3/10  train loss 0.5123  test loss 0.4000  test acc 87.65%  spread 1.500e-3  2.50 GB sent  1234 interactions  3.00 s/epoch"
+        );
+        let own = row(f64::NAN, 0.5, f64::NAN);
+        let lost = std::collections::BTreeSet::from([2]);
+        let rank = EpochLine {
+            rank: Some(1),
+            row: &own,
+            epochs: 10,
+            epochs_trained: 3,
+            staleness: Some((1.25, 4)),
+            unreachable: Some(&lost),
+        };
+        assert_eq!(
+            rank.to_string(),
+            "rank 1 epoch   3/10  train loss 0.5123  own test acc 50.00%  2.50 GB sent  1234 interactions  staleness 1.25/4 steps (mean/max)  unreachable {2}  2.00 s/epoch"
+        );
+    }
+
+    #[test]
+    fn staleness_is_averaged_over_copies_not_nodes() {
+        let a = NodeStats {
+            copies_averaged: 3,
+            staleness_steps_total: 9,
+            staleness_steps_max: 5,
+            ..NodeStats::default()
+        };
+        let b = NodeStats {
+            copies_averaged: 1,
+            staleness_steps_total: 1,
+            staleness_steps_max: 1,
+            ..NodeStats::default()
+        };
+        assert_eq!(staleness(&[a, b]), (2.5, 5));
+        assert_eq!(staleness(&[]), (0.0, 0));
+    }
 }

@@ -1,16 +1,19 @@
 //! The training runs: SwarmSGD and synchronous all-reduce SGD, one thread per node.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use swarm_core::{InProcessFabric, NodeStats, SwarmNode};
+use swarm_core::{InProcessFabric, NodeStats};
 
 use crate::config::{Algo, Resolved};
-use crate::data::{load_dir, Dataset, Split};
+use crate::data::Split;
 use crate::model::{FlatModel, ModelKind};
+use crate::report::{EpochLine, RunTally};
+use crate::setup::{swarm_node, window_capacity, RunSetup};
 use crate::worker::{NodeAlgo, Stepper};
 use crate::TrainError;
 
@@ -95,14 +98,15 @@ pub fn train_accounted(
     let started = Instant::now();
     tch::set_num_threads(1);
     let n = cfg.raw.nodes;
-    let data = load_data(cfg, n)?;
-    let graph = cfg
-        .topology
-        .build(n, cfg.raw.seed)
-        .map_err(|e| TrainError::Config(format!("topology: {e}")))?;
-    let neighbours: Vec<Vec<usize>> = (0..n).map(|i| graph.neighbours(i).to_vec()).collect();
-    let parts = cfg.partition.split(&data.train.labels, n, cfg.raw.seed)?;
-    let classes = data.train.classes().max(data.test.classes());
+    let RunSetup {
+        data,
+        neighbours,
+        parts,
+        classes,
+        steps_per_epoch,
+        lr,
+        identity,
+    } = RunSetup::new(cfg, n)?;
     // Evaluates the averaged model each epoch, and each node's model at the end.
     let mut eval_model = FlatModel::new(cfg.model, data.train.shape, classes, cfg.raw.seed)?;
     let dim = eval_model.dim();
@@ -113,7 +117,6 @@ pub fn train_accounted(
         ))
     })?;
 
-    let steps_per_epoch = data.train.len().div_ceil(n * cfg.raw.batch_size);
     let resume = match &cfg.raw.resume {
         Some(dir) => crate::checkpoint::load_for_run(
             dir,
@@ -134,7 +137,7 @@ pub fn train_accounted(
         steps_per_epoch,
         epochs: cfg.raw.epochs,
         batch_size: cfg.raw.batch_size,
-        lr: cfg.lr_schedule(steps_per_epoch * cfg.raw.epochs),
+        lr,
         seed: cfg.raw.seed,
         stopped: Barrier::new(n),
         resumed: Barrier::new(n + 1),
@@ -268,24 +271,22 @@ pub fn train_accounted(
             interactions,
             model_spread: swarm_core::spread(models.iter().copied()),
         };
+        let stats: Vec<NodeStats> = snapshots.iter().map(|(_, s)| s.clone()).collect();
+        let line = EpochLine {
+            rank: None,
+            row: &row,
+            epochs: cfg.raw.epochs,
+            epochs_trained: epoch - start_epoch,
+            staleness: (cfg.raw.algo == Algo::Swarm).then(|| crate::report::staleness(&stats)),
+            unreachable: None,
+        };
         // Printed also when stderr is not a terminal (indicatif then draws nothing).
-        let line = format!(
-            "epoch {epoch:>3}/{}  train loss {:.4}  test loss {:.4}  test acc {:.2}%  spread {:.3e}  {} sent  {} interactions  {:.2} s/epoch",
-            cfg.raw.epochs,
-            row.train_loss,
-            row.test_loss,
-            100.0 * row.test_accuracy,
-            row.model_spread,
-            human_bytes(row.bytes_sent_total),
-            row.interactions,
-            row.train_seconds / epoch as f64,
-        );
         bar.suspend(|| eprintln!("{line}"));
         if shared.checkpoint_due(epoch) {
             if let Err(e) = crate::checkpoint::write_run_epoch(
-                cfg,
-                epoch,
-                (epoch * steps_per_epoch) as u64,
+                &cfg.raw.out,
+                &identity,
+                (epoch, (epoch * steps_per_epoch) as u64),
                 &models,
                 optimizer_states,
                 &eval_model.layout(),
@@ -321,29 +322,19 @@ pub fn train_accounted(
         .last()
         .cloned()
         .ok_or_else(|| TrainError::Node("no evaluation".into()))?;
-    let node_stats: Vec<NodeStats> = snapshots.into_iter().map(|(_, s)| s).collect();
-    let (mean_staleness_steps, max_staleness_steps) = crate::report::staleness(&node_stats);
-    let summary = Summary {
-        algo: cfg.raw.algo.to_string(),
-        nodes: n,
-        final_test_accuracy: final_row.test_accuracy,
-        mean_node_test_accuracy: node_accuracies.iter().sum::<f64>() / n as f64,
-        min_node_test_accuracy: node_accuracies
-            .iter()
-            .copied()
-            .fold(f64::INFINITY, f64::min),
-        bytes_sent_total: final_row.bytes_sent_total,
-        interactions: final_row.interactions,
-        local_steps_total: (steps_per_epoch * cfg.raw.epochs * n) as u64,
-        wall_seconds: started.elapsed().as_secs_f64(),
-        train_seconds: final_row.train_seconds,
-        seconds_per_epoch: final_row.train_seconds / (cfg.raw.epochs - start_epoch) as f64,
-        parameters: dim,
-        mean_staleness_steps,
-        max_staleness_steps,
-        node_stats,
-        config: cfg.raw.clone(),
-    };
+    let summary = Summary::new(
+        cfg,
+        n,
+        RunTally {
+            final_row: &final_row,
+            node_accuracies: &node_accuracies,
+            node_stats: snapshots.into_iter().map(|(_, s)| s).collect(),
+            local_steps_total: (steps_per_epoch * cfg.raw.epochs * n) as u64,
+            wall_seconds: started.elapsed().as_secs_f64(),
+            epochs_trained: cfg.raw.epochs - start_epoch,
+            parameters: dim,
+        },
+    );
     crate::report::write_outputs(&cfg.raw.out, &rows, &summary, &eval_model)?;
     if !step_evals.is_empty() {
         crate::report::write_step_evals(&cfg.raw.out, &step_evals)?;
@@ -352,39 +343,10 @@ pub fn train_accounted(
     Ok((summary, accounts))
 }
 
-/// The run's dataset, cut to the configured subsets; enough examples for `n` nodes.
-pub(crate) fn load_data(cfg: &Resolved, n: usize) -> Result<Dataset, TrainError> {
-    let mut data = load_dir(&cfg.data)?;
-    if let Some(k) = cfg.raw.train_subset {
-        data.train = data.train.truncated(k);
-    }
-    if let Some(k) = cfg.raw.test_subset {
-        data.test = data.test.truncated(k);
-    }
-    if data.train.len() < n {
-        return Err(TrainError::Config(format!(
-            "{} training examples cannot feed {n} nodes",
-            data.train.len()
-        )));
-    }
-    Ok(data)
-}
-
 /// Bytes one ring all-reduce round sends, summed over nodes: each node sends 2 (n - 1) / n of the
 /// model (reduce-scatter, then all-gather).
 pub fn allreduce_bytes_per_round(n: usize, dim: usize) -> u64 {
     (2 * (n as u64 - 1) * 4 * dim as u64) / n as u64 * n as u64
-}
-
-fn human_bytes(b: u64) -> String {
-    let b = b as f64;
-    if b >= 1e9 {
-        format!("{:.2} GB", b / 1e9)
-    } else if b >= 1e6 {
-        format!("{:.1} MB", b / 1e6)
-    } else {
-        format!("{:.0} kB", b / 1e3)
-    }
 }
 
 /// The per-node loop of the in-process driver, around any [`NodeAlgo`]: local steps through the
@@ -407,42 +369,40 @@ fn node_loop(
     // CPU and wall time inside training, barriers and evaluations excluded.
     let (mut cpu, mut wall) = (0.0, 0.0);
     for epoch in shared.start_epoch..shared.epochs {
-        let mut loss_sum = 0.0;
-        let mut steps = 0u64;
-        let mut failed = None;
         let (cpu0, wall0) = (crate::netmodel::thread_cpu_seconds(), Instant::now());
-        for _ in 0..shared.steps_per_epoch {
-            if shared.abort.load(Ordering::Relaxed) {
-                break;
-            }
-            let result = stepper.step(&mut model, &mut algo);
-            match result {
-                Ok(loss) => {
-                    let step = stepper.steps();
-                    loss_sum += loss;
-                    steps += 1;
-                    shared.steps_done.fetch_add(1, Ordering::Relaxed);
-                    if node == 0 && shared.eval_every.is_some_and(|k| step % k == 0) {
-                        let _ = tx.send(NodeMsg::Probe {
-                            step,
-                            params: model.params(),
-                        });
-                    }
+        let epoch_result = stepper.run_epoch(
+            &mut model,
+            &mut algo,
+            shared.steps_per_epoch,
+            |model, _, step| {
+                shared.steps_done.fetch_add(1, Ordering::Relaxed);
+                if node == 0 && shared.eval_every.is_some_and(|k| step % k == 0) {
+                    let _ = tx.send(NodeMsg::Probe {
+                        step,
+                        params: model.params(),
+                    });
                 }
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    break;
-                }
-            }
-        }
+                Ok(if shared.abort.load(Ordering::Relaxed) {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                })
+            },
+        );
         let (cpu1, wall1) = (crate::netmodel::thread_cpu_seconds(), wall0.elapsed());
         shared.stopped.wait();
-        let failed = failed.or_else(|| algo.at_boundary(&mut model).err().map(|e| e.to_string()));
+        let failed = match epoch_result {
+            Ok(tally) => algo
+                .at_epoch_end(&mut model)
+                .map(|()| tally)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         wall += wall1.as_secs_f64();
         cpu += cpu1.zip(cpu0).map_or(0.0, |(b, a)| b - a);
         let msg = match failed {
-            Some(error) => NodeMsg::Failed { node, error },
-            None => NodeMsg::Snapshot {
+            Err(error) => NodeMsg::Failed { node, error },
+            Ok(tally) => NodeMsg::Snapshot {
                 node,
                 params: model.params(),
                 optimizer_state: if shared.checkpoint_due(epoch + 1) {
@@ -450,8 +410,8 @@ fn node_loop(
                 } else {
                     Vec::new()
                 },
-                loss_sum,
-                steps,
+                loss_sum: tally.loss_sum,
+                steps: tally.steps,
                 stats: algo.stats(),
                 busy: (cpu, wall),
             },
@@ -462,48 +422,6 @@ fn node_loop(
             return;
         }
     }
-}
-
-/// Bytes a node's window holds for a model of `dim` parameters: the encoded model padded to 8,
-/// the full-precision fallback copy, and slack.
-pub(crate) fn window_capacity(cfg: &Resolved, dim: usize) -> usize {
-    cfg.quant.encoded_len(dim).div_ceil(8) * 8 + 4 * dim + 64
-}
-
-/// Node `endpoint`'s SwarmSGD state as configured: schedule, codec, distance limit, and for
-/// quantized runs the same codec for pairwise corrections (in-process and multi-process alike).
-pub(crate) fn swarm_node<T: swarm_core::Transport>(
-    cfg: &Resolved,
-    endpoint: T,
-    neighbours: Vec<usize>,
-    dim: usize,
-) -> Result<SwarmNode<T>, TrainError> {
-    let quant_error = |e: quant::QuantError| TrainError::Config(format!("quant: {e}"));
-    let codec = cfg.quant.build(cfg.raw.seed).map_err(quant_error)?;
-    let mut swarm = SwarmNode::new(
-        endpoint,
-        neighbours,
-        dim,
-        cfg.interaction,
-        cfg.local_steps,
-        codec,
-        cfg.raw.seed,
-    )
-    .map_err(|e| TrainError::Config(e.to_string()))?
-    .with_overlap(cfg.overlap);
-    if let Some(limit) = cfg.raw.max_peer_distance {
-        swarm = swarm.with_max_peer_distance(limit);
-    }
-    if cfg.quant != quant::CodecSpec::None {
-        let correction_codec = cfg
-            .quant
-            .build(cfg.raw.seed ^ 0xC0EE)
-            .map_err(quant_error)?;
-        swarm = swarm
-            .with_correction_codec(correction_codec)
-            .map_err(|e| TrainError::Config(e.to_string()))?;
-    }
-    Ok(swarm)
 }
 
 fn spawn_swarm(

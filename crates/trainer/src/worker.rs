@@ -3,6 +3,8 @@
 //! both drivers, fast-forwarded when a run resumes), the local step itself, and when a checkpoint
 //! is due.
 
+use std::ops::ControlFlow;
+
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -65,6 +67,11 @@ pub(crate) trait NodeAlgo {
     fn at_boundary(&mut self, _model: &mut FlatModel) -> Result<(), TrainError> {
         Ok(())
     }
+    /// At the end of each epoch, before the model is evaluated or checkpointed: by default the
+    /// boundary work; SwarmSGD also waits for its interaction in flight.
+    fn at_epoch_end(&mut self, model: &mut FlatModel) -> Result<(), TrainError> {
+        self.at_boundary(model)
+    }
     /// After each gradient computation: must apply the update with learning rate `lr`.
     fn after_step(&mut self, model: &mut FlatModel, lr: f64) -> Result<(), TrainError>;
     /// Counters so far.
@@ -77,6 +84,15 @@ impl<T: Transport> NodeAlgo for SwarmNode<T> {
         Ok(())
     }
 
+    fn at_epoch_end(&mut self, model: &mut FlatModel) -> Result<(), TrainError> {
+        // The epoch's model is whole: the interaction in flight has landed or been taken back.
+        model.with_params_mut(|p| {
+            self.drain(p)?;
+            self.step_boundary(p)
+        })?;
+        Ok(())
+    }
+
     fn after_step(&mut self, model: &mut FlatModel, lr: f64) -> Result<(), TrainError> {
         model.sgd_step(lr);
         model.with_params_mut(|p| self.after_local_step(p))?;
@@ -85,6 +101,24 @@ impl<T: Transport> NodeAlgo for SwarmNode<T> {
 
     fn stats(&self) -> NodeStats {
         SwarmNode::stats(self).clone()
+    }
+}
+
+/// The local steps one node took in an epoch, and their summed loss.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct EpochTally {
+    pub loss_sum: f64,
+    pub steps: u64,
+}
+
+impl EpochTally {
+    /// Mean minibatch loss (NaN when no step was taken).
+    pub(crate) fn mean_loss(&self) -> f64 {
+        if self.steps == 0 {
+            f64::NAN
+        } else {
+            self.loss_sum / self.steps as f64
+        }
     }
 }
 
@@ -145,6 +179,27 @@ impl<'a> Stepper<'a> {
         algo.after_step(model, self.lr.at(self.step))?;
         self.step += 1;
         Ok(loss)
+    }
+
+    /// One epoch of at most `steps` local steps of `algo`. After each step, `after_each` gets the
+    /// model, the algorithm and the run's step count so far, and may end the epoch early
+    /// (`Break`: the driver was asked to stop) or fail it.
+    pub(crate) fn run_epoch<A: NodeAlgo>(
+        &mut self,
+        model: &mut FlatModel,
+        algo: &mut A,
+        steps: usize,
+        mut after_each: impl FnMut(&mut FlatModel, &mut A, usize) -> Result<ControlFlow<()>, TrainError>,
+    ) -> Result<EpochTally, TrainError> {
+        let mut tally = EpochTally::default();
+        for _ in 0..steps {
+            tally.loss_sum += self.step(model, algo)?;
+            tally.steps += 1;
+            if after_each(model, algo, self.step)?.is_break() {
+                break;
+            }
+        }
+        Ok(tally)
     }
 }
 

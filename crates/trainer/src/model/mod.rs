@@ -133,6 +133,23 @@ enum Init {
     Const(f32),
 }
 
+/// Name and shape of one parameter; a list of them, in flat-buffer order, is a model's layout
+/// (as checkpoints record it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamLayout {
+    /// PyTorch-style name, e.g. `fc1.weight`.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+}
+
+impl ParamLayout {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
 /// Name, shape and place of one parameter inside the flat buffer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamSpec {
@@ -383,10 +400,10 @@ impl FlatModel {
     }
 
     /// Names and shapes of the parameters in flat order (for checkpoints).
-    pub fn layout(&self) -> Vec<crate::checkpoint::ParamLayout> {
+    pub fn layout(&self) -> Vec<ParamLayout> {
         self.specs
             .iter()
-            .map(|s| crate::checkpoint::ParamLayout {
+            .map(|s| ParamLayout {
                 name: s.name.clone(),
                 shape: s.shape.iter().map(|&d| d as usize).collect(),
             })
