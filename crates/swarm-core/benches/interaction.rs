@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use quant::IdentityCodec;
-use swarmsgd_core::{InProcessFabric, Interaction, LocalSteps, SwarmNode};
+use swarmsgd_core::{Completion, InProcessFabric, Interaction, LocalSteps, SwarmNode, Transport};
 
 const DIM: usize = 10_000_000;
 
@@ -22,6 +22,32 @@ fn interaction(c: &mut Criterion) {
         b.iter(|| {
             dst.copy_from_slice(black_box(&src));
             black_box(&mut dst);
+        })
+    });
+
+    // The interaction's parts on the in-process fabric: the landing copy of a peer's window, and
+    // a publish (both through the fabric's atomic words).
+    let fabric = InProcessFabric::new(vec![vec![1], vec![0]], 4 * DIM).expect("fabric");
+    let (mut owner, mut reader) = (
+        fabric.endpoint(0).expect("endpoint"),
+        fabric.endpoint(1).expect("endpoint"),
+    );
+    let bytes = vec![7u8; 4 * DIM];
+    group.bench_function("inproc_publish_40MB", |b| {
+        b.iter(|| owner.publish(black_box(&bytes)).expect("publish"))
+    });
+    let mut landing = Vec::new();
+    group.bench_function("inproc_read_40MB", |b| {
+        b.iter(|| {
+            reader
+                .start_read(0, 0, 4 * DIM, std::mem::take(&mut landing))
+                .expect("read");
+            while let Some(done) = reader.poll() {
+                if let Completion::Read { buf, .. } = done {
+                    landing = buf;
+                }
+            }
+            black_box(&landing);
         })
     });
 

@@ -39,7 +39,9 @@ impl Words {
     /// Fills the first `len` bytes through `fill` (see [`Transport::publish_with`]), one chunk of
     /// a small scratch buffer at a time.
     fn store_with(&self, len: usize, fill: &mut dyn FnMut(usize, &mut [u8])) {
-        let mut scratch = [0u8; STORE_CHUNK];
+        // Words, so that the chunk is 8-aligned and stores take the word-wise path.
+        let mut scratch = [0u64; STORE_CHUNK / 8];
+        let scratch: &mut [u8] = bytemuck::cast_slice_mut(&mut scratch);
         let mut offset = 0;
         while offset < len {
             let n = STORE_CHUNK.min(len - offset);
@@ -53,6 +55,20 @@ impl Words {
     /// Stores `payload` at byte `offset`, a multiple of 8.
     fn store_at(&self, offset: usize, payload: &[u8]) {
         let first = offset / 8;
+        let whole = payload.len() / 8 * 8;
+        if let Ok(values) = bytemuck::try_cast_slice::<u8, u64>(&payload[..whole]) {
+            // An 8-aligned payload: one plain word per store (the common case).
+            for (word, &v) in self.words[first..].iter().zip(values) {
+                word.store(u64::from_le(v), Ordering::Relaxed);
+            }
+            let tail = &payload[whole..];
+            if !tail.is_empty() {
+                let mut b = [0u8; 8];
+                b[..tail.len()].copy_from_slice(tail);
+                self.words[first + whole / 8].store(u64::from_le_bytes(b), Ordering::Relaxed);
+            }
+            return;
+        }
         let mut chunks = payload.chunks_exact(8);
         for (word, chunk) in self.words[first..].iter().zip(&mut chunks) {
             let mut b = [0u8; 8];
@@ -71,6 +87,20 @@ impl Words {
     fn load(&self, offset: usize, out: &mut [u8]) {
         let first = offset / 8;
         let tail_word = first + out.len() / 8;
+        let whole = out.len() / 8 * 8;
+        let (head, tail) = out.split_at_mut(whole);
+        if let Ok(values) = bytemuck::try_cast_slice_mut::<u8, u64>(head) {
+            // An 8-aligned buffer (as allocations are): one plain word per load.
+            for (v, word) in values.iter_mut().zip(&self.words[first..]) {
+                *v = word.load(Ordering::Relaxed).to_le();
+            }
+            if !tail.is_empty() {
+                let b = self.words[tail_word].load(Ordering::Relaxed).to_le_bytes();
+                let n = tail.len();
+                tail.copy_from_slice(&b[..n]);
+            }
+            return;
+        }
         let mut chunks = out.chunks_exact_mut(8);
         for (word, chunk) in self.words[first..].iter().zip(&mut chunks) {
             chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());

@@ -424,3 +424,17 @@ fn a_payload_published_in_place_reads_back_whole_and_bumps_the_version() {
     assert_eq!(bytes, expected);
     assert!(writer.publish_with(LEN + 8, &mut |_, _| {}).is_err());
 }
+
+#[test]
+fn a_payload_at_an_odd_address_is_published_whole() {
+    const LEN: usize = 4099;
+    let fabric = InProcessFabric::new(vec![vec![1], vec![0]], LEN).unwrap();
+    let mut writer = fabric.endpoint(0).unwrap();
+    let mut reader = fabric.endpoint(1).unwrap();
+    let backing: Vec<u8> = (0..=LEN).map(|k| (k * 13 % 255) as u8).collect();
+    // One byte in: not 8-aligned, so the window takes the bytewise path.
+    writer.publish(&backing[1..]).unwrap();
+    let (outcome, bytes) = read_once(&mut reader, 0, LEN);
+    assert_eq!(outcome, ReadOutcome::Model { version: 1 });
+    assert_eq!(bytes, &backing[1..]);
+}
