@@ -79,6 +79,8 @@ def main():
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--data", default=DEFAULT_DATA, help="directory of the Fashion-MNIST IDX .gz files")
     ap.add_argument("--out", default=None, help="JSON result (rank 0)")
+    ap.add_argument("--publish-after-average", action="store_true",
+                    help="diagnostic, not the protocol: also publish right after each average")
     args = ap.parse_args()
     if args.local_steps < 1:
         sys.exit("--local-steps must be at least 1")
@@ -153,6 +155,8 @@ def main():
                 own = window_mem.copy()  # our published copy (nobody else writes it)
                 load_flat(model, torch.from_numpy((own + partner_copy) * 0.5))
                 interactions += 1
+                if args.publish_after_average:
+                    publish()
         comm.Barrier()
 
     seconds = time.time() - started
@@ -172,6 +176,7 @@ def main():
         "local_steps": args.local_steps,
         "seed": args.seed,
         "epochs": args.epochs,
+        "publish_after_average": args.publish_after_average,
         "final_test_accuracy": accuracy,
         "steps_per_rank": counts[0][0],
         "interactions": sum(c[1] for c in counts),

@@ -436,7 +436,8 @@ impl<T: Transport> SwarmNode<T> {
     /// Records one local step; when the schedule says so, starts an interaction with a random
     /// neighbour (or, if one is still in flight, starts it as soon as that one ends). Then
     /// advances what is in flight: with [`Overlap::Off`] it waits for the interaction to end.
-    /// Returns the peer averaged with during this call, if any.
+    /// The model is published after every step. Returns the peer averaged with during this
+    /// call, if any.
     pub fn after_local_step(&mut self, params: &mut [f32]) -> Result<Option<NodeId>, SwarmError> {
         self.check_len(params)?;
         self.stats.local_steps += 1;
@@ -450,6 +451,12 @@ impl<T: Transport> SwarmNode<T> {
         }
         // A transport that completes at once (in-process) lands the copy before the next step.
         let averaged = self.progress(params)?;
+        if averaged.is_none() {
+            // Peers read the model as it is now; publishing only at interactions left them a
+            // copy up to H - 1 steps old, which cost `pull` accuracy (issue 18). Averaging in a
+            // copy republishes by itself.
+            self.publish(params)?;
+        }
         if self.overlap == Overlap::Off {
             return Ok(self.wait_idle(params)?.or(averaged));
         }

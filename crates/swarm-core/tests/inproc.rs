@@ -438,3 +438,36 @@ fn a_payload_at_an_odd_address_is_published_whole() {
     assert_eq!(outcome, ReadOutcome::Model { version: 1 });
     assert_eq!(bytes, &backing[1..]);
 }
+
+/// Between interactions a node still publishes after every local step: a peer that reads it
+/// gets its current model, not the one of its last interaction (issue 18: with H = 4 that copy
+/// was up to 3 steps old, and `pull` lost accuracy to it).
+#[test]
+fn a_node_publishes_after_every_local_step_not_only_at_interactions() {
+    let graph = vec![vec![1], vec![0]];
+    let dim = 3;
+    let fabric = InProcessFabric::new(graph.clone(), 4 * dim).unwrap();
+    let node = |id: usize| {
+        SwarmNode::new(
+            fabric.endpoint(id).unwrap(),
+            graph[id].clone(),
+            dim,
+            Interaction::Pull,
+            LocalSteps::Fixed(4),
+            Box::new(IdentityCodec),
+            5,
+        )
+        .unwrap()
+    };
+    let (mut stepping, mut reader) = (node(0), node(1));
+    let mut model = vec![1.0f32, 2.0, 3.0];
+    stepping.publish(&model).unwrap();
+    let mut own = vec![0.0f32; dim];
+    reader.publish(&own).unwrap();
+    // One local step: no interaction is due yet (H = 4).
+    model = vec![5.0, 6.0, 7.0];
+    assert_eq!(stepping.after_local_step(&mut model).unwrap(), None);
+    assert_eq!(stepping.stats().interactions, 0);
+    assert!(reader.interact_with(0, &mut own).unwrap());
+    assert_eq!(own, vec![2.5, 3.0, 3.5], "the reader averaged a stale copy");
+}

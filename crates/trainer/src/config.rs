@@ -169,6 +169,9 @@ pub struct TrainConfig {
     /// `on`: a node keeps taking local steps while the partner's model is on the network and
     /// averages it in when it lands; `off`: it waits for every read and write.
     pub overlap: String,
+    /// In-process runs: a node thread more than this many local steps ahead of the slowest node
+    /// waits for it (`off`: threads run freely). See `max_lead` in `swarm train --help`.
+    pub max_lead: String,
 }
 
 impl Default for TrainConfig {
@@ -204,6 +207,7 @@ impl Default for TrainConfig {
             peer_timeout: 30.0,
             max_peer_distance: Some(1000.0),
             overlap: "on".into(),
+            max_lead: "off".into(),
         }
     }
 }
@@ -310,6 +314,11 @@ pub struct TrainArgs {
     /// read and write (off) [default: on].
     #[arg(long)]
     pub overlap: Option<String>,
+    /// In-process runs: a node thread that is more than STEPS local steps ahead of the slowest
+    /// node waits for it, or `off`. With more nodes than cores, free-running threads average
+    /// with peers frozen for a whole time slice, which costs `pull` accuracy [default: off].
+    #[arg(long, value_name = "STEPS")]
+    pub max_lead: Option<String>,
 }
 
 /// A validated configuration, with every string parsed.
@@ -335,6 +344,8 @@ pub struct Resolved {
     pub sgd: crate::model::SgdConfig,
     /// Where the nodes run.
     pub transport: TransportKind,
+    /// In-process runs: how many local steps a node thread may run ahead of the slowest node.
+    pub max_lead: Option<u64>,
     /// Whether interactions overlap local steps.
     pub overlap: Overlap,
 }
@@ -515,7 +526,8 @@ impl TrainArgs {
             lr_warmup,
             transport,
             peer_timeout,
-            overlap
+            overlap,
+            max_lead
         );
         if self.max_peer_distance.is_some() {
             cfg.max_peer_distance = self.max_peer_distance;
@@ -595,6 +607,19 @@ fn read_config(path: &Path) -> Result<TrainConfig, TrainError> {
         .map_err(|e| TrainError::Config(format!("config file {}: {e}", path.display())))
 }
 
+/// `off`, or a number of local steps (at least 1).
+fn parse_max_lead(s: &str) -> Result<Option<u64>, String> {
+    match s {
+        "off" => Ok(None),
+        _ => match s.parse::<u64>() {
+            Ok(steps) if steps >= 1 => Ok(Some(steps)),
+            _ => Err(format!(
+                "max_lead '{s}': use off or a number of local steps of at least 1"
+            )),
+        },
+    }
+}
+
 impl TrainConfig {
     /// Parses and checks every field; the error names the field and what to use instead.
     pub fn validate(self) -> Result<Resolved, TrainError> {
@@ -607,6 +632,7 @@ impl TrainConfig {
             .overlap
             .parse()
             .map_err(|e: swarm_core::SwarmError| cfg(format!("overlap: {e}")))?;
+        let max_lead = parse_max_lead(&self.max_lead).map_err(cfg)?;
         if !(self.peer_timeout.is_finite() && self.peer_timeout > 0.0) {
             return Err(cfg(format!(
                 "peer_timeout {} must be a positive number of seconds",
@@ -701,6 +727,7 @@ impl TrainConfig {
             sgd,
             transport,
             overlap,
+            max_lead,
             raw: self,
         })
     }
@@ -726,6 +753,23 @@ mod tests {
             (4, 0.2, "ring")
         );
         assert_eq!(r.raw.epochs, 10);
+    }
+
+    #[test]
+    fn max_lead_is_off_or_a_positive_step_count() {
+        let resolve = |v: &str| {
+            TrainArgs {
+                max_lead: Some(v.into()),
+                ..TrainArgs::default()
+            }
+            .resolve()
+        };
+        assert_eq!(resolve("off").unwrap().max_lead, None);
+        assert_eq!(resolve("3").unwrap().max_lead, Some(3));
+        for bad in ["0", "-1", "soon"] {
+            let err = resolve(bad).unwrap_err().to_string();
+            assert!(err.contains("max_lead") && err.contains("off"), "{err}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod flat;
 pub mod model;
 pub mod multiproc;
 pub mod netmodel;
+mod pace;
 pub mod plot;
 pub mod report;
 mod setup;

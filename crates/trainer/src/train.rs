@@ -64,6 +64,8 @@ struct Shared {
     resume: Vec<crate::checkpoint::NodeCheckpoint>,
     checkpoint_every: Option<usize>,
     eval_every: Option<usize>,
+    /// Keeps node threads within `--max-lead` steps of the slowest.
+    pacer: crate::pace::Pacer,
 }
 
 impl Shared {
@@ -129,6 +131,7 @@ pub fn train_accounted(
         None => Vec::new(),
     };
     let start_epoch = resume.first().map_or(0, |ck| ck.epoch);
+    let pacer = crate::pace::Pacer::new(n, (start_epoch * steps_per_epoch) as u64, cfg.max_lead);
     let shared = Arc::new(Shared {
         train: data.train.clone(),
         parts,
@@ -148,6 +151,7 @@ pub fn train_accounted(
         resume,
         checkpoint_every: cfg.raw.checkpoint_every,
         eval_every: cfg.raw.eval_every,
+        pacer,
     });
     let (tx, rx) = mpsc::channel();
     let training_started = Instant::now();
@@ -375,6 +379,7 @@ fn node_loop(
             &mut algo,
             shared.steps_per_epoch,
             |model, _, step| {
+                shared.pacer.step_done(node, step as u64, &shared.abort);
                 shared.steps_done.fetch_add(1, Ordering::Relaxed);
                 if node == 0 && shared.eval_every.is_some_and(|k| step % k == 0) {
                     let _ = tx.send(NodeMsg::Probe {
@@ -419,9 +424,10 @@ fn node_loop(
         let _ = tx.send(msg);
         shared.resumed.wait();
         if shared.abort.load(Ordering::Relaxed) {
-            return;
+            break;
         }
     }
+    shared.pacer.stopped(node);
 }
 
 fn spawn_swarm(
