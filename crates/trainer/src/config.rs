@@ -170,7 +170,8 @@ pub struct TrainConfig {
     /// averages it in when it lands; `off`: it waits for every read and write.
     pub overlap: String,
     /// In-process runs: a node thread more than this many local steps ahead of the slowest node
-    /// waits for it (`off`: threads run freely). See `max_lead` in `swarm train --help`.
+    /// waits for it; `off`: threads run freely; `auto`: 1 when there are more nodes than cores,
+    /// else off.
     pub max_lead: String,
 }
 
@@ -207,7 +208,7 @@ impl Default for TrainConfig {
             peer_timeout: 30.0,
             max_peer_distance: Some(1000.0),
             overlap: "on".into(),
-            max_lead: "off".into(),
+            max_lead: "auto".into(),
         }
     }
 }
@@ -315,8 +316,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub overlap: Option<String>,
     /// In-process runs: a node thread that is more than STEPS local steps ahead of the slowest
-    /// node waits for it, or `off`. With more nodes than cores, free-running threads average
-    /// with peers frozen for a whole time slice, which costs `pull` accuracy [default: off].
+    /// node waits for it; `off`; or `auto`: 1 when there are more nodes than cores, else off.
+    /// With more nodes than cores, free-running threads average with peers frozen for a whole
+    /// time slice, which costs `pull` accuracy [default: auto].
     #[arg(long, value_name = "STEPS")]
     pub max_lead: Option<String>,
 }
@@ -607,14 +609,17 @@ fn read_config(path: &Path) -> Result<TrainConfig, TrainError> {
         .map_err(|e| TrainError::Config(format!("config file {}: {e}", path.display())))
 }
 
-/// `off`, or a number of local steps (at least 1).
-fn parse_max_lead(s: &str) -> Result<Option<u64>, String> {
+/// `off`, a number of local steps (at least 1), or `auto`: 1 step when the run has more node
+/// threads than the machine has cores (they then take turns on the cores, and free-running turns
+/// cost `pull` accuracy: issue 18), else off.
+fn parse_max_lead(s: &str, nodes: usize, cores: usize) -> Result<Option<u64>, String> {
     match s {
         "off" => Ok(None),
+        "auto" => Ok((nodes > cores).then_some(1)),
         _ => match s.parse::<u64>() {
             Ok(steps) if steps >= 1 => Ok(Some(steps)),
             _ => Err(format!(
-                "max_lead '{s}': use off or a number of local steps of at least 1"
+                "max_lead '{s}': use auto, off or a number of local steps of at least 1"
             )),
         },
     }
@@ -632,7 +637,8 @@ impl TrainConfig {
             .overlap
             .parse()
             .map_err(|e: swarm_core::SwarmError| cfg(format!("overlap: {e}")))?;
-        let max_lead = parse_max_lead(&self.max_lead).map_err(cfg)?;
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let max_lead = parse_max_lead(&self.max_lead, self.nodes, cores).map_err(cfg)?;
         if !(self.peer_timeout.is_finite() && self.peer_timeout > 0.0) {
             return Err(cfg(format!(
                 "peer_timeout {} must be a positive number of seconds",
@@ -766,9 +772,11 @@ mod tests {
         };
         assert_eq!(resolve("off").unwrap().max_lead, None);
         assert_eq!(resolve("3").unwrap().max_lead, Some(3));
+        assert_eq!(parse_max_lead("auto", 8, 2), Ok(Some(1)));
+        assert_eq!(parse_max_lead("auto", 2, 2), Ok(None));
         for bad in ["0", "-1", "soon"] {
             let err = resolve(bad).unwrap_err().to_string();
-            assert!(err.contains("max_lead") && err.contains("off"), "{err}");
+            assert!(err.contains("max_lead") && err.contains("auto"), "{err}");
         }
     }
 
