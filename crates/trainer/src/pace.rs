@@ -5,9 +5,11 @@
 //! slice (tens of local steps of a small model) while the others sit still. A node that runs then
 //! averages, interaction after interaction, with copies of peers that do not move; with `pull`
 //! (only the reader changes) each of those averages halves the progress the node made since, so
-//! the run as a whole learns as if it took fewer steps. Separate processes talking through MPI or
-//! a network wait on each other inside the transport and drift far less. The pacer restores
-//! that: a node that is more than `max_lead` steps ahead of the slowest node waits for it.
+//! the run as a whole learns as if it took fewer steps. (The authors' MPI ranks on the same
+//! machine do not show the loss; how closely MPI couples them was not measured.) A node that is
+//! more than `max_lead` steps ahead of the slowest node waits for it.
+//! Measured (issue 18, 8 nodes on 2 cores, H = 1, mean of 2 seeds): `pull` 86.43% free-running,
+//! 86.55% with a lead of 4, 87.10% with 1; the authors' MPI protocol 87.11%.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -20,6 +22,10 @@ pub(crate) struct Pacer {
     /// Woken when the slowest node's count moves.
     moved: Condvar,
     lock: Mutex<()>,
+    /// Sum and largest of the leads (steps ahead of the slowest node) at each recorded step.
+    lead_sum: AtomicU64,
+    lead_max: AtomicU64,
+    recorded: AtomicU64,
 }
 
 /// A node that stopped (finished, or failed) no longer holds the others back.
@@ -33,6 +39,9 @@ impl Pacer {
             max_lead,
             moved: Condvar::new(),
             lock: Mutex::new(()),
+            lead_sum: AtomicU64::new(0),
+            lead_max: AtomicU64::new(0),
+            recorded: AtomicU64::new(0),
         }
     }
 
@@ -49,10 +58,15 @@ impl Pacer {
     pub(crate) fn step_done(&self, node: usize, steps: u64, abort: &AtomicBool) {
         let before = self.slowest();
         self.steps[node].store(steps, Ordering::Release);
+        let slowest = self.slowest();
+        let ahead = steps.saturating_sub(slowest);
+        self.lead_sum.fetch_add(ahead, Ordering::Relaxed);
+        self.lead_max.fetch_max(ahead, Ordering::Relaxed);
+        self.recorded.fetch_add(1, Ordering::Relaxed);
         let Some(lead) = self.max_lead else {
             return;
         };
-        if self.slowest() != before {
+        if slowest != before {
             let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
             self.moved.notify_all();
         }
@@ -72,6 +86,16 @@ impl Pacer {
         self.steps[node].store(STOPPED, Ordering::Release);
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.moved.notify_all();
+    }
+
+    /// The mean and the largest number of steps a node was ahead of the slowest node when it
+    /// finished a step (before any wait).
+    pub(crate) fn drift(&self) -> (f64, u64) {
+        let recorded = self.recorded.load(Ordering::Relaxed).max(1);
+        (
+            self.lead_sum.load(Ordering::Relaxed) as f64 / recorded as f64,
+            self.lead_max.load(Ordering::Relaxed),
+        )
     }
 
     /// How many steps `node` is ahead of the slowest node (for tests and diagnostics).
@@ -114,6 +138,9 @@ mod tests {
         pacer.stopped(1);
         runner.join().unwrap();
         assert_eq!(reached.load(Ordering::SeqCst), 10);
+        // Leads recorded: node 0's 1, 2, 3, 4 (it waits), node 1's 0, node 0's 3, 4 (it waits),
+        // then 0 once node 1 stopped.
+        assert_eq!(pacer.drift().1, 4);
     }
 
     #[test]

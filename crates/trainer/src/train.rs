@@ -310,6 +310,11 @@ pub fn train_accounted(
     for h in handles {
         let _ = h.join();
     }
+    let (mean_lead, max_lead) = shared.pacer.drift();
+    eprintln!(
+        "node threads ran {mean_lead:.1} local steps ahead of the slowest node on average, {max_lead} at most (--max-lead {})",
+        cfg.max_lead.map_or("off".to_string(), |k| k.to_string())
+    );
     if let Some(f) = failure {
         return Err(TrainError::Node(f));
     }
