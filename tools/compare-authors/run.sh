@@ -5,8 +5,9 @@
 #
 #   tools/compare-authors/run.sh                    # everything: venv, build, 8 runs, table
 #   H_VALUES="4" SEEDS="1" tools/compare-authors/run.sh
-#   SWARM_ARGS="--threads-per-core 4" tools/compare-authors/run.sh   # extra flags for swarm only
-#   ONLY=swarm tools/compare-authors/run.sh         # or ONLY=authors: one side only
+#   SWARM_ARGS="--max-lead off" tools/compare-authors/run.sh   # extra flags for swarm only
+#   ONLY=swarm tools/compare-authors/run.sh         # or ONLY=authors: one side only;
+#                                                   # ONLY=table: print the table of OUT only
 #
 # Not part of CI: it downloads ~0.6 GB once and takes ~25 minutes on 2 cores.
 set -euo pipefail
@@ -56,7 +57,7 @@ fi
 
 # --- swarm ------------------------------------------------------------------------------------------
 swarm="${SWARM_BIN:-}"
-if [ -z "$swarm" ]; then
+if [ -z "$swarm" ] && [ "$ONLY" != authors ] && [ "$ONLY" != table ]; then
   (cd "$root" && nice -n 10 cargo build --release -q -p trainer)
   swarm="${CARGO_TARGET_DIR:-$root/target}/release/swarm"
 fi
@@ -67,6 +68,7 @@ mpirun_flags=(--oversubscribe -n "$RANKS")
 mkdir -p "$out"
 for h in $H_VALUES; do
   for seed in $SEEDS; do
+    [ "$ONLY" = table ] && continue
     if [ "$ONLY" != swarm ]; then
       echo "compare-authors: authors' protocol H=$h seed=$seed"
       OMP_NUM_THREADS=1 mpirun "${mpirun_flags[@]}" "$venv/bin/python" "$here/pull_protocol.py" \
