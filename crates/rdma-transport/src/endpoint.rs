@@ -928,44 +928,14 @@ enum Outcome {
     Consumed(u64),
 }
 
-impl Transport for RdmaEndpoint {
-    fn node(&self) -> NodeId {
-        self.me
-    }
-
-    fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    fn publish(&mut self, payload: &[u8]) -> Result<(), TransportError> {
-        if payload.len() > self.capacity {
-            return Err(TransportError::TooLarge {
-                len: payload.len(),
-                capacity: self.capacity,
-            });
-        }
-        let w = &self.published;
-        let fail = |e: RdmaError| TransportError::Unreachable {
-            peer: self.me,
-            why: format!("own window: {e}"),
-        };
-        let seq = w.load(0, Ordering::Relaxed).map_err(fail)?;
-        let odd = if seq % 2 == 0 { seq + 1 } else { seq };
-        w.store(0, odd, Ordering::Relaxed).map_err(fail)?;
-        // The odd word must be visible before any payload byte changes.
-        fence(Ordering::SeqCst);
-        w.store(8, payload.len() as u64, Ordering::Relaxed)
-            .map_err(fail)?;
-        w.write(self.data_offset, payload).map_err(fail)?;
-        fence(Ordering::Release);
-        w.store(0, odd + 1, Ordering::Release).map_err(fail)?;
-        Ok(())
-    }
-
-    fn publish_with(
-        &mut self,
+impl RdmaEndpoint {
+    /// Writes a payload of `len` bytes into the own window with `write(window, data_offset)`
+    /// between the seqlock's odd and even marks, so that a peer's read sees all of it or reports
+    /// a torn copy.
+    fn publish_seqlocked(
+        &self,
         len: usize,
-        fill: &mut dyn FnMut(usize, &mut [u8]),
+        write: impl FnOnce(&Region, usize) -> Result<(), RdmaError>,
     ) -> Result<(), TransportError> {
         if len > self.capacity {
             return Err(TransportError::TooLarge {
@@ -984,19 +954,46 @@ impl Transport for RdmaEndpoint {
         // The odd word must be visible before any payload byte changes.
         fence(Ordering::SeqCst);
         w.store(8, len as u64, Ordering::Relaxed).map_err(fail)?;
-        // Filled through a cache-sized scratch buffer, chunk by chunk, into the registered window.
-        let mut scratch = vec![0u8; PUBLISH_SCRATCH.min(len)];
-        let mut offset = 0;
-        while offset < len {
-            let n = scratch.len().min(len - offset);
-            fill(offset, &mut scratch[..n]);
-            w.write(self.data_offset + offset, &scratch[..n])
-                .map_err(fail)?;
-            offset += n;
-        }
+        write(w, self.data_offset).map_err(fail)?;
         fence(Ordering::Release);
         w.store(0, odd + 1, Ordering::Release).map_err(fail)?;
         Ok(())
+    }
+}
+
+impl Transport for RdmaEndpoint {
+    fn node(&self) -> NodeId {
+        self.me
+    }
+
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn publish(&mut self, payload: &[u8]) -> Result<(), TransportError> {
+        self.publish_seqlocked(payload.len(), |w, data_offset| {
+            w.write(data_offset, payload)
+        })
+    }
+
+    fn publish_with(
+        &mut self,
+        len: usize,
+        fill: &mut dyn FnMut(usize, &mut [u8]),
+    ) -> Result<(), TransportError> {
+        self.publish_seqlocked(len, |w, data_offset| {
+            // Filled through a cache-sized scratch buffer, chunk by chunk, into the registered
+            // window.
+            let mut scratch = vec![0u8; PUBLISH_SCRATCH.min(len)];
+            let mut offset = 0;
+            while offset < len {
+                let n = scratch.len().min(len - offset);
+                fill(offset, &mut scratch[..n]);
+                w.write(data_offset + offset, &scratch[..n])?;
+                offset += n;
+            }
+            Ok(())
+        })
     }
 
     fn start_read(

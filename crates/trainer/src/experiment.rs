@@ -512,13 +512,7 @@ fn plot_groups(
 }
 
 fn human_bits(bits: f64) -> String {
-    if bits >= 1e9 {
-        format!("{:.2} Gbit", bits / 1e9)
-    } else if bits >= 1e6 {
-        format!("{:.1} Mbit", bits / 1e6)
-    } else {
-        format!("{:.0} kbit", bits / 1e3)
-    }
+    crate::report::human_amount(bits, "bit")
 }
 
 /// A path to `target` relative to the directory of `from` (both relative to the same root), for

@@ -174,13 +174,17 @@ impl std::fmt::Display for EpochLine<'_> {
 
 /// `b` bytes in GB, MB or kB.
 pub(crate) fn human_bytes(b: u64) -> String {
-    let b = b as f64;
-    if b >= 1e9 {
-        format!("{:.2} GB", b / 1e9)
-    } else if b >= 1e6 {
-        format!("{:.1} MB", b / 1e6)
+    human_amount(b as f64, "B")
+}
+
+/// `v` of `unit` with a G, M or k prefix (2, 1 and 0 decimals).
+pub(crate) fn human_amount(v: f64, unit: &str) -> String {
+    if v >= 1e9 {
+        format!("{:.2} G{unit}", v / 1e9)
+    } else if v >= 1e6 {
+        format!("{:.1} M{unit}", v / 1e6)
     } else {
-        format!("{:.0} kB", b / 1e3)
+        format!("{:.0} k{unit}", v / 1e3)
     }
 }
 
