@@ -42,7 +42,7 @@ fi
 if [ "$want_cuda" = 1 ]; then
   libtorch_cuda="$root/third_party/libtorch-cuda"
   if [ ! -f "$libtorch_cuda/lib/libtorch_cuda.so" ]; then
-    echo "setup: fetching libtorch $TORCH_VERSION with CUDA 13 (torch wheel + NVIDIA runtime wheels, ~2.3 GB download, ~4.5 GB unpacked)"
+    echo "setup: fetching libtorch $TORCH_VERSION with CUDA 13 (torch wheel + NVIDIA runtime wheels, ~2.3 GB download, 3.4 GB unpacked)"
     wheels="${SWARM_WHEEL_DIR:-$(mktemp -d)}"
     [ -n "${SWARM_WHEEL_DIR:-}" ] || trap 'rm -rf "$wheels"' EXIT
     python3 -m pip download -q --no-deps --only-binary=:all: -d "$wheels" "torch==$TORCH_VERSION" "${cuda_wheels[@]}"
@@ -75,8 +75,9 @@ if [ "$want_cuda" = 1 ]; then
     echo "setup: third_party/libtorch -> libtorch-cuda; run \`cargo clean -p torch-sys\` before the next build if this checkout was built with the CPU libtorch"
   fi
   echo "setup: CUDA libtorch ready in $libtorch_cuda"
-elif [ -L "$libtorch" ] && [ "$(readlink "$libtorch")" = libtorch-cuda ]; then
+elif [ "${SWARM_CUDA:-auto}" = 0 ] && [ "$(readlink "$libtorch" 2>/dev/null)" = libtorch-cuda ]; then
   # SWARM_CUDA=0 after a CUDA setup: back to the CPU libtorch kept in libtorch-cpu, or a fresh one.
+  # (Without SWARM_CUDA, a CUDA setup made on purpose stays.)
   rm "$libtorch"
   if [ -d "$root/third_party/libtorch-cpu" ]; then mv "$root/third_party/libtorch-cpu" "$libtorch"; fi
   echo "setup: third_party/libtorch is the CPU libtorch again; run \`cargo clean -p torch-sys\` before the next build"
