@@ -11,7 +11,8 @@
 # GPU_CHECK_DEVICE=cpu runs the same checks on the CPU (what could be exercised without a GPU;
 # the CPU build is slower, so also set GPU_CHECK_EPOCHS and GPU_CHECK_CIFAR_TRAIN smaller there).
 # Knobs: GPU_CHECK_EPOCHS (default 10, the default run's), GPU_CHECK_CIFAR_TRAIN (synthetic
-# training images, default 20000), GPU_CHECK_BATCH (per node and for the loop, default 32).
+# training images, default 20000), GPU_CHECK_BATCH (per node and for the loop, default 32),
+# GPU_CHECK_BUILD=0 (use SWARM_BIN, LAUNCHER_BIN, PLAIN_LOOP_BIN or the release binaries as built).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 device="${GPU_CHECK_DEVICE:-cuda:0}"
@@ -38,11 +39,16 @@ target="${CARGO_TARGET_DIR:-$root/target}"
 build() {
   (cd "$root" && cargo build --release -q -p trainer -p launcher --bins --example plain_loop)
 }
-echo "gpu-check: building (release)"
-build || { echo "gpu-check: build failed" >&2; exit 1; }
-swarm="$target/release/swarm"
-launcher="$target/release/launcher"
-plain_loop="$target/release/examples/plain_loop"
+if [ "${GPU_CHECK_BUILD:-1}" = 1 ]; then
+  echo "gpu-check: building (release)"
+  build || { echo "gpu-check: build failed" >&2; exit 1; }
+fi
+swarm="${SWARM_BIN:-$target/release/swarm}"
+launcher="${LAUNCHER_BIN:-$target/release/launcher}"
+plain_loop="${PLAIN_LOOP_BIN:-$target/release/examples/plain_loop}"
+for b in "$swarm" "$launcher" "$plain_loop"; do
+  [ -x "$b" ] || { echo "gpu-check: $b missing (GPU_CHECK_BUILD=0 skips the build)" >&2; exit 2; }
+done
 if [ "$device" != cpu ] && ! ldd "$swarm" | grep -q libtorch_cuda; then
   # Built earlier against the CPU libtorch: torch-sys only looks for libtorch_cuda.so when it builds.
   echo "gpu-check: swarm does not link libtorch_cuda; rebuilding torch-sys against the CUDA libtorch"

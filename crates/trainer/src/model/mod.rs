@@ -659,7 +659,8 @@ impl FlatModel {
         sum.sqrt()
     }
 
-    /// Runs `f` on the parameters as one mutable slice (no copy).
+    /// Runs `f` on the parameters as one mutable slice (no copy on the CPU; a model on a device
+    /// stages them through a host copy, see [`staged`]).
     pub fn with_params_mut<R>(&mut self, f: impl FnOnce(&mut [f32]) -> R) -> R {
         match &mut self.staged {
             Some(staged) => staged.with_params_mut(&mut self.flat, self.dim, f),
