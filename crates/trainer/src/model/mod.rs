@@ -985,13 +985,13 @@ mod tests {
 
     #[test]
     fn a_staged_model_evaluates_as_the_host_model() {
-        let shape = InputShape::image(1, 12, 12);
+        let shape = InputShape::image(1, 16, 16);
         let (host, staged) = host_and_staged(ModelKind::Cnn, shape);
         let n = 5;
         let split = crate::data::Split {
-            images: (0..n * 144).map(|k| ((k * 7) % 13) as f32 / 13.0).collect(),
+            images: (0..n * 256).map(|k| ((k * 7) % 13) as f32 / 13.0).collect(),
             labels: (0..n).map(|k| (k % 3) as u8).collect(),
-            features: 144,
+            features: 256,
             shape,
         };
         let (a, b) = (host.evaluate(&split), staged.evaluate(&split));

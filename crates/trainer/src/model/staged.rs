@@ -68,7 +68,13 @@ impl Staged {
         self.host.copy_(flat);
         let r = with_f32_slice_mut(&mut self.host, dim, f);
         tch::no_grad(|| {
-            let _ = self.host.internal_copy_from(flat, self.device.is_cuda());
+            if self.device.is_cuda() {
+                // Host to device without blocking (libtorch has no non-blocking `copy_`), then a
+                // device-side copy into the buffer the leaves view.
+                flat.copy_(&self.host.to_device_(self.device, Kind::Float, true, false));
+            } else {
+                flat.copy_(&self.host);
+            }
         });
         r
     }
