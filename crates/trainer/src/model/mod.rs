@@ -303,7 +303,7 @@ impl FlatModel {
     }
 
     /// [`FlatModel::new`] on `device`: the same initial values, with the parameters, gradients
-    /// and optimizer state on the device (see [`staged`] for how the exchange reaches them).
+    /// and optimizer state on the device (model/staged.rs: how the exchange reaches them).
     pub fn new_on(
         kind: ModelKind,
         input: InputShape,
@@ -660,7 +660,7 @@ impl FlatModel {
     }
 
     /// Runs `f` on the parameters as one mutable slice (no copy on the CPU; a model on a device
-    /// stages them through a host copy, see [`staged`]).
+    /// stages them through a host copy, see model/staged.rs).
     pub fn with_params_mut<R>(&mut self, f: impl FnOnce(&mut [f32]) -> R) -> R {
         match &mut self.staged {
             Some(staged) => staged.with_params_mut(&mut self.flat, self.dim, f),
