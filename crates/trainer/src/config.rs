@@ -153,7 +153,8 @@ pub struct TrainConfig {
     pub checkpoint_every: Option<usize>,
     /// Continue the run saved in this checkpoint directory (or run directory).
     pub resume: Option<PathBuf>,
-    /// Where the models compute: cpu, or cuda:K (needs a CUDA libtorch and a GPU).
+    /// Where the models compute: cpu, cuda (in-process nodes round-robin over the visible GPUs,
+    /// a rank takes the GPU of its local rank) or cuda:K (needs a CUDA libtorch and a GPU).
     pub device: String,
     /// Also evaluate node 0's model every this many of its local steps (`evals.csv`).
     pub eval_every: Option<usize>,
@@ -292,7 +293,8 @@ pub struct TrainArgs {
     /// checkpoint). Settings not given as flags come from the checkpoint's config.
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// Where the models compute: cpu or cuda:K [default: cpu].
+    /// Where the models compute: cpu, cuda (nodes round-robin over the visible GPUs; a rank of
+    /// a multi-process job takes cuda:LOCAL_RANK) or cuda:K [default: cpu].
     #[arg(long)]
     pub device: Option<String>,
     /// Also evaluate node 0's model every this many of its local steps, without pausing the
@@ -563,29 +565,6 @@ impl TrainArgs {
     }
 }
 
-/// Accepts `cpu`; for `cuda` / `cuda:K` says why this build cannot train there.
-fn check_device(device: &str) -> Result<(), String> {
-    let index = match device {
-        "cpu" => return Ok(()),
-        "cuda" => 0,
-        _ => device
-            .strip_prefix("cuda:")
-            .and_then(|k| k.parse::<usize>().ok())
-            .ok_or_else(|| format!("device '{device}' is not cpu, cuda or cuda:K"))?,
-    };
-    let visible = tch::Cuda::device_count().max(0) as usize;
-    if !tch::Cuda::is_available() || index >= visible {
-        return Err(format!(
-            "device {device}: libtorch sees {visible} CUDA device(s). This build links the CPU \
-             libtorch of tools/setup.sh; on a GPU machine point LIBTORCH at a CUDA libtorch"
-        ));
-    }
-    Err(format!(
-        "device {device}: training on CUDA is not implemented yet (the nodes average their flat \
-         parameter buffers in host memory); use --device cpu"
-    ))
-}
-
 fn checkpoint_config(dir: &Path) -> Result<TrainConfig, TrainError> {
     let path = match crate::checkpoint::resolve_resume_dir(dir) {
         Ok(dir) => crate::checkpoint::node_file(&dir, 0),
@@ -702,7 +681,7 @@ impl TrainConfig {
         if self.checkpoint_every == Some(0) {
             return Err(cfg("checkpoint_every must be at least 1 (epochs)".into()));
         }
-        check_device(&self.device).map_err(cfg)?;
+        crate::device::check_spec(&self.device)?;
         if self.eval_every == Some(0) {
             return Err(cfg("eval_every must be at least 1 (local steps)".into()));
         }

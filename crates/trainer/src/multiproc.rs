@@ -170,7 +170,8 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
     let setup = RunSetup::new(cfg, n)?;
     let (data, steps_per_epoch) = (&setup.data, setup.steps_per_epoch);
     let neighbours = setup.neighbours[rank].clone();
-    let mut model = setup.initial_model(cfg)?;
+    let device = crate::device::this_rank_device(&cfg.raw.device, job.local_rank)?;
+    let mut model = setup.initial_model(cfg, device)?;
     let dim = model.dim();
     let rank_dir = cfg.raw.out.join(format!("rank-{rank}"));
     std::fs::create_dir_all(&rank_dir)
@@ -224,8 +225,8 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
     let mut swarm = swarm_node(cfg, endpoint, neighbours.clone(), dim)?;
     model.with_params_mut(|p| swarm.publish(p))?;
     eprintln!(
-        "rank {rank}/{n}: {} on {my_addr}, neighbours {neighbours:?}, {} ({dim} parameters), {steps_per_epoch} steps per epoch",
-        job.source, cfg.raw.model
+        "rank {rank}/{n}: {} on {my_addr}, neighbours {neighbours:?}, {} ({dim} parameters) on {}, {steps_per_epoch} steps per epoch",
+        job.source, cfg.raw.model, crate::device::name(model.device())
     );
 
     let mut stepper = Stepper::new(

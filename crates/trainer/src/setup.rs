@@ -61,9 +61,18 @@ impl RunSetup {
 
     /// The run's common initial model (every node starts from the same point), with the
     /// configured optimizer.
-    pub(crate) fn initial_model(&self, cfg: &Resolved) -> Result<FlatModel, TrainError> {
-        let mut model =
-            FlatModel::new(cfg.model, self.data.train.shape, self.classes, cfg.raw.seed)?;
+    pub(crate) fn initial_model(
+        &self,
+        cfg: &Resolved,
+        device: tch::Device,
+    ) -> Result<FlatModel, TrainError> {
+        let mut model = FlatModel::new_on(
+            cfg.model,
+            self.data.train.shape,
+            self.classes,
+            cfg.raw.seed,
+            device,
+        )?;
         model.set_sgd(cfg.sgd);
         Ok(model)
     }

@@ -66,13 +66,17 @@ struct Shared {
     eval_every: Option<usize>,
     /// Keeps node threads within `--max-lead` steps of the slowest.
     pacer: crate::pace::Pacer,
+    /// Where each node's model lives (`--device`).
+    devices: Vec<tch::Device>,
 }
 
 impl Shared {
     /// Node `node`'s model: the run's common initialisation (every node starts from the same
     /// point), or its checkpoint when resuming.
     fn new_model(&self, node: usize) -> Result<FlatModel, TrainError> {
-        let mut model = FlatModel::new(self.kind, self.train.shape, self.classes, self.seed)?;
+        let device = self.devices[node];
+        let mut model =
+            FlatModel::new_on(self.kind, self.train.shape, self.classes, self.seed, device)?;
         model.set_sgd(self.sgd);
         if let Some(ck) = self.resume.get(node) {
             model.load(&ck.params)?;
@@ -109,8 +113,15 @@ pub fn train_accounted(
         lr,
         identity,
     } = RunSetup::new(cfg, n)?;
+    let devices = crate::device::this_run_devices(&cfg.raw.device, n)?;
     // Evaluates the averaged model each epoch, and each node's model at the end.
-    let mut eval_model = FlatModel::new(cfg.model, data.train.shape, classes, cfg.raw.seed)?;
+    let mut eval_model = FlatModel::new_on(
+        cfg.model,
+        data.train.shape,
+        classes,
+        cfg.raw.seed,
+        devices[0],
+    )?;
     let dim = eval_model.dim();
     std::fs::create_dir_all(&cfg.raw.out).map_err(|e| {
         TrainError::Output(format!(
@@ -152,6 +163,7 @@ pub fn train_accounted(
         checkpoint_every: cfg.raw.checkpoint_every,
         eval_every: cfg.raw.eval_every,
         pacer,
+        devices,
     });
     let (tx, rx) = mpsc::channel();
     let training_started = Instant::now();

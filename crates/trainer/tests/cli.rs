@@ -241,3 +241,29 @@ fn topo_gen_prints_the_spectral_gap_of_a_ring() {
         "no lambda2 {expected:.4} in:\n{stdout}"
     );
 }
+
+#[test]
+fn a_cuda_device_without_a_visible_gpu_is_refused_with_what_to_do() {
+    // An empty CUDA_VISIBLE_DEVICES hides every GPU, so this holds on any machine.
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../third_party/libtorch/lib");
+    let cpu_libtorch = !lib.join("libtorch_cuda.so").exists();
+    for device in ["cuda:0", "cuda"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_swarm"))
+            .args(["train", "--quiet", "--epochs", "1", "--device", device])
+            .env("CUDA_VISIBLE_DEVICES", "")
+            .output()
+            .expect("swarm runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "--device {device} should fail");
+        assert!(
+            stderr.contains(&format!("device {device}: no CUDA device is visible")),
+            "{stderr}"
+        );
+        assert_eq!(
+            stderr.contains("SWARM_CUDA=1 bash tools/setup.sh"),
+            cpu_libtorch,
+            "{stderr}"
+        );
+        assert!(stderr.contains("--device cpu"), "{stderr}");
+    }
+}

@@ -1,18 +1,20 @@
 //! Models whose parameters are views into one flat f32 tensor, in a fixed (by-name) order, so that
 //! the averaging code sees the whole model as one `&mut [f32]` and every node has the same layout.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::data::{InputShape, Split};
 use crate::flat::with_f32_slice_mut;
 use crate::TrainError;
 
 mod resnet;
+mod staged;
 mod torchscript;
 mod transformer;
 
@@ -180,8 +182,11 @@ pub struct FlatModel {
     /// The TorchScript module whose parameters are the leaves (TorchScript models only).
     module: Option<std::cell::RefCell<tch::CModule>>,
     sgd: SgdConfig,
-    /// Momentum buffer laid out like the parameters (empty while momentum is 0).
+    /// Momentum buffer laid out like the parameters (empty while momentum is 0; a model on a
+    /// device keeps it there instead).
     momentum: Vec<f32>,
+    /// The device-side state of a model that is not on the host (None on the CPU).
+    staged: Option<staged::Staged>,
 }
 
 /// The local optimizer: SGD with optional momentum, weight decay and gradient clipping, as
@@ -294,17 +299,53 @@ impl FlatModel {
         classes: usize,
         seed: u64,
     ) -> Result<Self, TrainError> {
+        Self::build(kind, input, classes, seed, None)
+    }
+
+    /// [`FlatModel::new`] on `device`: the same initial values, with the parameters, gradients
+    /// and optimizer state on the device (model/staged.rs: how the exchange reaches them).
+    pub fn new_on(
+        kind: ModelKind,
+        input: InputShape,
+        classes: usize,
+        seed: u64,
+        device: Device,
+    ) -> Result<Self, TrainError> {
+        let resident = (device != Device::Cpu).then_some(device);
+        Self::build(kind, input, classes, seed, resident)
+    }
+
+    /// `resident`: the device of a model that is not on the host (the tests also stage through
+    /// the CPU).
+    fn build(
+        kind: ModelKind,
+        input: InputShape,
+        classes: usize,
+        seed: u64,
+        resident: Option<Device>,
+    ) -> Result<Self, TrainError> {
         if let ModelKind::TorchScript { path } = kind {
-            return torchscript::load(path, input, classes).map(|loaded| {
-                Self::assemble(kind, loaded.specs, &loaded.init, input, |flat, spec, k| {
-                    let view = flat
-                        .narrow(0, spec.offset as i64, spec.numel as i64)
-                        .view(spec.shape.as_slice());
-                    // The module's own parameter now lives in the flat buffer.
-                    let mut p = loaded.params[k].shallow_clone();
-                    tch::no_grad(|| p.set_data(&view));
-                    p
-                })
+            return torchscript::load(path, input, classes).map(|mut loaded| {
+                if let Some(device) = resident {
+                    // Buffers move with the module; the parameters then view the device buffer.
+                    loaded.module.to(device, Kind::Float, false);
+                }
+                Self::assemble(
+                    kind,
+                    loaded.specs,
+                    &loaded.init,
+                    input,
+                    resident,
+                    |flat, spec, k| {
+                        let view = flat
+                            .narrow(0, spec.offset as i64, spec.numel as i64)
+                            .view(spec.shape.as_slice());
+                        // The module's own parameter now lives in the flat buffer.
+                        let mut p = loaded.params[k].shallow_clone();
+                        tch::no_grad(|| p.set_data(&view));
+                        p
+                    },
+                )
                 .with_module(loaded.module)
             });
         }
@@ -332,12 +373,19 @@ impl FlatModel {
                 Init::Const(c) => values.fill(c),
             }
         }
-        Ok(Self::assemble(kind, specs, &init, input, |flat, s, _| {
-            flat.narrow(0, s.offset as i64, s.numel as i64)
-                .view(s.shape.as_slice())
-                .detach()
-                .set_requires_grad(true)
-        }))
+        Ok(Self::assemble(
+            kind,
+            specs,
+            &init,
+            input,
+            resident,
+            |flat, s, _| {
+                flat.narrow(0, s.offset as i64, s.numel as i64)
+                    .view(s.shape.as_slice())
+                    .detach()
+                    .set_requires_grad(true)
+            },
+        ))
     }
 
     /// The flat tensor holding `init`, and one leaf per parameter made by `leaf` from it.
@@ -346,9 +394,13 @@ impl FlatModel {
         specs: Vec<ParamSpec>,
         init: &[f32],
         input: InputShape,
+        resident: Option<Device>,
         leaf: impl Fn(&Tensor, &ParamSpec, usize) -> Tensor,
     ) -> Self {
-        let flat = Tensor::from_slice(init);
+        let flat = match resident {
+            Some(device) if device.is_cuda() => Tensor::from_slice(init).to_device(device),
+            _ => Tensor::from_slice(init),
+        };
         let leaves = specs
             .iter()
             .enumerate()
@@ -364,6 +416,7 @@ impl FlatModel {
             module: None,
             sgd: SgdConfig::default(),
             momentum: Vec::new(),
+            staged: resident.map(|device| staged::Staged::new(device, init.len())),
         }
         .with_zero_grads()
     }
@@ -382,6 +435,11 @@ impl FlatModel {
             (leaf * 0.0).sum(Kind::Float).backward();
         }
         self
+    }
+
+    /// Where the parameters live and the model computes.
+    pub fn device(&self) -> Device {
+        self.staged.as_ref().map_or(Device::Cpu, |s| s.device())
     }
 
     /// Number of parameters.
@@ -468,6 +526,8 @@ impl FlatModel {
         for p in &mut self.leaves {
             p.zero_grad();
         }
+        let on_device = self.staged.as_ref().map(|s| (s.upload(x), s.upload(y)));
+        let (x, y) = on_device.as_ref().map_or((x, y), |(x, y)| (x, y));
         let loss = self.forward(x).cross_entropy_for_logits(y);
         loss.backward();
         loss.double_value(&[])
@@ -476,6 +536,10 @@ impl FlatModel {
     /// Sets the local optimizer (momentum, weight decay, clipping).
     pub fn set_sgd(&mut self, sgd: SgdConfig) {
         self.sgd = sgd;
+        if let Some(staged) = &mut self.staged {
+            staged.set_momentum(sgd.momentum > 0.0, self.dim);
+            return;
+        }
         self.momentum = if sgd.momentum > 0.0 {
             vec![0.0; self.dim]
         } else {
@@ -485,17 +549,27 @@ impl FlatModel {
 
     /// The optimizer state laid out like the parameters (the momentum buffer; empty without
     /// momentum), for checkpoints.
-    pub fn optimizer_state(&self) -> &[f32] {
-        &self.momentum
+    pub fn optimizer_state(&self) -> Cow<'_, [f32]> {
+        match &self.staged {
+            Some(staged) => Cow::Owned(staged.momentum()),
+            None => Cow::Borrowed(&self.momentum),
+        }
     }
 
     /// Restores the optimizer state saved by [`FlatModel::optimizer_state`].
     pub fn load_optimizer_state(&mut self, state: &[f32]) -> Result<(), TrainError> {
-        match (state.is_empty(), self.momentum.is_empty()) {
+        let has_momentum = match &self.staged {
+            Some(staged) => staged.has_momentum(),
+            None => !self.momentum.is_empty(),
+        };
+        match (state.is_empty(), !has_momentum) {
             (true, true) => Ok(()),
             // A checkpoint without momentum restarts the buffer from zero.
             (true, false) => {
                 self.momentum.fill(0.0);
+                if let Some(staged) = &mut self.staged {
+                    staged.reset_momentum();
+                }
                 Ok(())
             }
             (false, true) => Err(TrainError::Config(
@@ -504,7 +578,10 @@ impl FlatModel {
                     .into(),
             )),
             (false, false) if state.len() == self.dim => {
-                self.momentum.copy_from_slice(state);
+                match &mut self.staged {
+                    Some(staged) => staged.load_momentum(state),
+                    None => self.momentum.copy_from_slice(state),
+                }
                 Ok(())
             }
             (false, false) => Err(TrainError::Config(format!(
@@ -534,6 +611,10 @@ impl FlatModel {
         };
         let wd = sgd.weight_decay as f32;
         let mu = sgd.momentum as f32;
+        if let Some(staged) = &mut self.staged {
+            staged.sgd_step(&self.specs, &self.leaves, (lr, scale, wd, mu));
+            return;
+        }
         let (specs, leaves, momentum) = (&self.specs, &self.leaves, &mut self.momentum);
         with_f32_slice_mut(&mut self.flat, self.dim, |params| {
             for (spec, leaf) in specs.iter().zip(leaves) {
@@ -578,9 +659,13 @@ impl FlatModel {
         sum.sqrt()
     }
 
-    /// Runs `f` on the parameters as one mutable slice (no copy).
+    /// Runs `f` on the parameters as one mutable slice (no copy on the CPU; a model on a device
+    /// stages them through a host copy, see model/staged.rs).
     pub fn with_params_mut<R>(&mut self, f: impl FnOnce(&mut [f32]) -> R) -> R {
-        with_f32_slice_mut(&mut self.flat, self.dim, f)
+        match &mut self.staged {
+            Some(staged) => staged.with_params_mut(&mut self.flat, self.dim, f),
+            None => with_f32_slice_mut(&mut self.flat, self.dim, f),
+        }
     }
 
     /// Runs `f` on the gradient of the last [`FlatModel::backward`], laid out like the parameters,
@@ -591,6 +676,14 @@ impl FlatModel {
         f: impl FnOnce(&mut [f32]) -> R,
     ) -> Result<R, TrainError> {
         buf.resize(self.dim, 0.0);
+        if let Some(staged) = &self.staged {
+            if self.leaves.iter().any(|p| !p.grad().defined()) {
+                return Err(TrainError::Node(
+                    "no gradient: call backward before reducing gradients".into(),
+                ));
+            }
+            return Ok(staged.with_grad_mut(&self.specs, &self.leaves, buf, f));
+        }
         for (spec, p) in self.specs.iter().zip(&self.leaves) {
             let grad = p.grad();
             if !grad.defined() {
@@ -619,7 +712,8 @@ impl FlatModel {
     /// A copy of the parameters, through a shared borrow.
     pub fn params_copy(&self) -> Vec<f32> {
         let mut out = vec![0.0f32; self.dim];
-        // A contiguous f32 CPU tensor of `dim` values (checked at every mutable access) copies.
+        // A contiguous f32 tensor of `dim` values (checked at every mutable access) copies; from a
+        // device through a host copy.
         let _ = self.flat.f_copy_data(&mut out, self.dim);
         out
     }
@@ -633,7 +727,10 @@ impl FlatModel {
                 self.dim
             )));
         }
-        self.with_params_mut(|p| p.copy_from_slice(params));
+        match &mut self.staged {
+            Some(staged) => staged.load(&mut self.flat, params),
+            None => self.with_params_mut(|p| p.copy_from_slice(params)),
+        }
         Ok(())
     }
 
@@ -664,6 +761,10 @@ impl FlatModel {
                     .map(|&l| i64::from(l))
                     .collect();
                 let y = Tensor::from_slice(&labels);
+                let (x, y) = match &self.staged {
+                    Some(staged) => (staged.upload(&x), staged.upload(&y)),
+                    None => (x, y),
+                };
                 let logits = self.forward(&x);
                 loss +=
                     logits.cross_entropy_for_logits(&y).double_value(&[]) * (end - start) as f64;
@@ -683,7 +784,7 @@ impl FlatModel {
         self.specs
             .iter()
             .zip(&self.leaves)
-            .map(|(s, p)| (s.name.clone(), p.detach().copy()))
+            .map(|(s, p)| (s.name.clone(), p.detach().copy().to_device(Device::Cpu)))
             .collect()
     }
 }
@@ -747,5 +848,156 @@ mod tests {
         m.set_sgd(SgdConfig::default());
         assert!(m.optimizer_state().is_empty());
         assert!(m.load_optimizer_state(&[1.0; 3]).is_err());
+    }
+
+    /// The same model on the host and staged through a separate buffer as a device model is
+    /// (with the CPU standing in for the GPU): everything but the copies' direction.
+    fn host_and_staged(kind: ModelKind, input: InputShape) -> (FlatModel, FlatModel) {
+        let host = FlatModel::new(kind, input, 3, 11).unwrap();
+        let staged = FlatModel::build(kind, input, 3, 11, Some(Device::Cpu)).unwrap();
+        assert!(staged.staged.is_some() && host.staged.is_none());
+        (host, staged)
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32) {
+        assert_eq!(a.len(), b.len());
+        for (k, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol, "element {k}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn a_staged_model_takes_the_host_model_s_sgd_steps() {
+        let input = InputShape::image(1, 2, 3);
+        let x = Tensor::from_slice(&[
+            0.5f32, -1.0, 2.0, 1.5, 0.0, -0.5, 1.0, 0.25, -2.0, 0.5, 1.0, 3.0,
+        ])
+        .view([2, 6]);
+        let y = Tensor::from_slice(&[2i64, 0]);
+        for sgd in [
+            SgdConfig::default(),
+            SgdConfig {
+                momentum: 0.0,
+                weight_decay: 0.05,
+                clip_grad_norm: Some(0.1),
+            },
+            SgdConfig {
+                momentum: 0.9,
+                weight_decay: 0.1,
+                clip_grad_norm: Some(0.05),
+            },
+        ] {
+            let (mut host, mut staged) = host_and_staged(ModelKind::Mlp { hidden: 5 }, input);
+            host.set_sgd(sgd);
+            staged.set_sgd(sgd);
+            for _ in 0..4 {
+                let (a, b) = (host.backward(&x, &y), staged.backward(&x, &y));
+                assert!((a - b).abs() < 1e-6, "{sgd:?}: loss {a} vs {b}");
+                host.sgd_step(0.3);
+                staged.sgd_step(0.3);
+            }
+            let moved = host.params();
+            assert!(
+                moved
+                    .iter()
+                    .zip(
+                        FlatModel::new(ModelKind::Mlp { hidden: 5 }, input, 3, 11)
+                            .unwrap()
+                            .params()
+                    )
+                    .any(|(a, b)| a != &b),
+                "the steps must move the model"
+            );
+            close(&staged.params(), &moved, 1e-6);
+            close(&staged.optimizer_state(), &host.optimizer_state(), 1e-6);
+            assert_eq!(
+                staged.optimizer_state().len(),
+                if sgd.momentum > 0.0 { moved.len() } else { 0 }
+            );
+        }
+    }
+
+    #[test]
+    fn a_staged_model_s_slice_access_reaches_its_buffer_and_back() {
+        let input = InputShape::image(1, 2, 3);
+        let (mut host, mut staged) = host_and_staged(ModelKind::Mlp { hidden: 4 }, input);
+        // What the exchange writes through the slice is what the model computes with.
+        let halve = |p: &mut [f32]| p.iter_mut().for_each(|v| *v *= 0.5);
+        host.with_params_mut(halve);
+        staged.with_params_mut(halve);
+        let seen = staged.with_params_mut(|p| p.to_vec());
+        assert_eq!(seen, host.params());
+        assert_eq!(staged.params_copy(), host.params_copy());
+        let x = Tensor::from_slice(&[0.1f32; 12]).view([2, 6]);
+        let (a, b) = (host.forward(&x), staged.forward(&x));
+        assert_eq!(
+            Vec::<f32>::try_from(&a.flatten(0, -1)).unwrap(),
+            Vec::<f32>::try_from(&b.flatten(0, -1)).unwrap()
+        );
+        // Loading overwrites the device buffer; named tensors are host copies of it.
+        let values: Vec<f32> = (0..staged.dim()).map(|k| k as f32 / 100.0).collect();
+        staged.load(&values).unwrap();
+        assert_eq!(staged.params(), values);
+        let named = staged.named_tensors();
+        assert!(named.iter().all(|(_, t)| t.device() == Device::Cpu));
+        let first = Vec::<f32>::try_from(&named[0].1.flatten(0, -1)).unwrap();
+        assert_eq!(first, values[..first.len()].to_vec());
+        // A checkpoint's momentum loads into the device buffer.
+        staged.set_sgd(SgdConfig {
+            momentum: 0.5,
+            ..SgdConfig::default()
+        });
+        staged.load_optimizer_state(&values).unwrap();
+        assert_eq!(staged.optimizer_state().to_vec(), values);
+        staged.load_optimizer_state(&[]).unwrap();
+        assert!(staged.optimizer_state().iter().all(|&v| v == 0.0));
+        assert!(staged.load_optimizer_state(&values[..3]).is_err());
+    }
+
+    #[test]
+    fn a_staged_model_reduces_gradients_through_the_host_buffer() {
+        let input = InputShape::image(1, 2, 3);
+        let (mut host, mut staged) = host_and_staged(ModelKind::Mlp { hidden: 4 }, input);
+        let x = Tensor::from_slice(&[0.3f32, -0.2, 1.0, 0.0, 0.5, -1.0]).view([1, 6]);
+        let y = Tensor::from_slice(&[1i64]);
+        host.backward(&x, &y);
+        staged.backward(&x, &y);
+        let (mut hb, mut sb) = (Vec::new(), Vec::new());
+        // An all-reduce of 4 equal replicas: the sum, then the mean (what comes back is used).
+        let g_host = host
+            .with_grad_mut(&mut hb, |g| {
+                g.iter_mut().for_each(|v| *v *= 4.0);
+                g.to_vec()
+            })
+            .unwrap();
+        let g_staged = staged
+            .with_grad_mut(&mut sb, |g| {
+                g.iter_mut().for_each(|v| *v *= 4.0);
+                g.to_vec()
+            })
+            .unwrap();
+        assert!(g_host.iter().any(|v| *v != 0.0));
+        close(&g_staged, &g_host, 1e-6);
+        host.sgd_step(0.1);
+        staged.sgd_step(0.1);
+        close(&staged.params(), &host.params(), 1e-6);
+    }
+
+    #[test]
+    fn a_staged_model_evaluates_as_the_host_model() {
+        let shape = InputShape::image(1, 16, 16);
+        let (host, staged) = host_and_staged(ModelKind::Cnn, shape);
+        let n = 5;
+        let split = crate::data::Split {
+            images: (0..n * 256).map(|k| ((k * 7) % 13) as f32 / 13.0).collect(),
+            labels: (0..n).map(|k| (k % 3) as u8).collect(),
+            features: 256,
+            shape,
+        };
+        let (a, b) = (host.evaluate(&split), staged.evaluate(&split));
+        assert!(
+            a.0.is_finite() && (a.0 - b.0).abs() < 1e-9 && a.1 == b.1,
+            "{a:?} vs {b:?}"
+        );
     }
 }
