@@ -153,26 +153,7 @@ pub(crate) fn with_stream_min<R>(min: usize, f: impl FnOnce() -> R) -> R {
 /// the wrapper, with the wrapper's target features.
 #[inline(always)]
 pub(crate) fn run<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        match level() {
-            // SAFETY: `level()` returns `Avx512` only when `is_x86_feature_detected!` found
-            // avx512f, avx512bw, avx512vl and avx2 on this CPU, the features `avx512` enables.
-            #[cfg(quant_avx512)]
-            Level::Avx512 => unsafe { avx512(f) },
-            // SAFETY: without AVX-512 support in the compiler `level()` never returns
-            // `Avx512`; were it to, AVX2 is part of AVX-512's detection.
-            #[cfg(not(quant_avx512))]
-            Level::Avx512 => unsafe { avx2(f) },
-            // SAFETY: `level()` returns `Avx2` only when `is_x86_feature_detected!` found avx2.
-            Level::Avx2 => unsafe { avx2(f) },
-            Level::Sse2 | Level::Scalar => f(),
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        f()
-    }
+    run_max(Level::Avx512, f)
 }
 
 /// [`run`] with the width capped at `max` (for loops measured faster at a narrower width; the
