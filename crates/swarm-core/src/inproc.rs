@@ -55,59 +55,45 @@ impl Words {
     /// Stores `payload` at byte `offset`, a multiple of 8.
     fn store_at(&self, offset: usize, payload: &[u8]) {
         let first = offset / 8;
-        let whole = payload.len() / 8 * 8;
-        if let Ok(values) = bytemuck::try_cast_slice::<u8, u64>(&payload[..whole]) {
-            // An 8-aligned payload: one plain word per store (the common case).
-            for (word, &v) in self.words[first..].iter().zip(values) {
+        let (head, tail) = payload.split_at(payload.len() / 8 * 8);
+        let words = &self.words[first..];
+        if let Ok(values) = bytemuck::try_cast_slice::<u8, u64>(head) {
+            // An 8-aligned payload (the common case): one plain word per store.
+            for (word, &v) in words.iter().zip(values) {
                 word.store(u64::from_le(v), Ordering::Relaxed);
             }
-            let tail = &payload[whole..];
-            if !tail.is_empty() {
+        } else {
+            for (word, chunk) in words.iter().zip(head.chunks_exact(8)) {
                 let mut b = [0u8; 8];
-                b[..tail.len()].copy_from_slice(tail);
-                self.words[first + whole / 8].store(u64::from_le_bytes(b), Ordering::Relaxed);
+                b.copy_from_slice(chunk);
+                word.store(u64::from_le_bytes(b), Ordering::Relaxed);
             }
-            return;
         }
-        let mut chunks = payload.chunks_exact(8);
-        for (word, chunk) in self.words[first..].iter().zip(&mut chunks) {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(chunk);
-            word.store(u64::from_le_bytes(b), Ordering::Relaxed);
-        }
-        let tail = chunks.remainder();
         if !tail.is_empty() {
             let mut b = [0u8; 8];
             b[..tail.len()].copy_from_slice(tail);
-            self.words[first + payload.len() / 8].store(u64::from_le_bytes(b), Ordering::Relaxed);
+            words[head.len() / 8].store(u64::from_le_bytes(b), Ordering::Relaxed);
         }
     }
 
     /// Copies bytes `offset..offset + out.len()`; `offset` must be a multiple of 8.
     fn load(&self, offset: usize, out: &mut [u8]) {
         let first = offset / 8;
-        let tail_word = first + out.len() / 8;
         let whole = out.len() / 8 * 8;
         let (head, tail) = out.split_at_mut(whole);
+        let words = &self.words[first..];
         if let Ok(values) = bytemuck::try_cast_slice_mut::<u8, u64>(head) {
             // An 8-aligned buffer (as allocations are): one plain word per load.
-            for (v, word) in values.iter_mut().zip(&self.words[first..]) {
+            for (v, word) in values.iter_mut().zip(words) {
                 *v = word.load(Ordering::Relaxed).to_le();
             }
-            if !tail.is_empty() {
-                let b = self.words[tail_word].load(Ordering::Relaxed).to_le_bytes();
-                let n = tail.len();
-                tail.copy_from_slice(&b[..n]);
+        } else {
+            for (chunk, word) in head.chunks_exact_mut(8).zip(words) {
+                chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
             }
-            return;
         }
-        let mut chunks = out.chunks_exact_mut(8);
-        for (word, chunk) in self.words[first..].iter().zip(&mut chunks) {
-            chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
-        }
-        let tail = chunks.into_remainder();
         if !tail.is_empty() {
-            let b = self.words[tail_word].load(Ordering::Relaxed).to_le_bytes();
+            let b = words[whole / 8].load(Ordering::Relaxed).to_le_bytes();
             let n = tail.len();
             tail.copy_from_slice(&b[..n]);
         }
@@ -316,38 +302,13 @@ impl InProcessEndpoint {
         self.next_op += 1;
         self.next_op
     }
-}
 
-impl Transport for InProcessEndpoint {
-    fn node(&self) -> NodeId {
-        self.me
-    }
-
-    fn capacity(&self) -> usize {
-        self.fabric.windows[self.me].data.capacity()
-    }
-
-    fn publish(&mut self, payload: &[u8]) -> Result<(), TransportError> {
-        let window = &self.fabric.windows[self.me];
-        if payload.len() > window.data.capacity() {
-            return Err(TransportError::TooLarge {
-                len: payload.len(),
-                capacity: window.data.capacity(),
-            });
-        }
-        let seq = window.seq.load(Ordering::Relaxed);
-        window.seq.store(seq + 1, Ordering::Relaxed);
-        fence(Ordering::Release);
-        window.len.store(payload.len(), Ordering::Relaxed);
-        window.data.store(payload);
-        window.seq.store(seq + 2, Ordering::Release);
-        Ok(())
-    }
-
-    fn publish_with(
+    /// Writes a payload of `len` bytes into the own window with `write` between the seqlock's odd
+    /// and even marks, so that a reader gets all of it or retries.
+    fn publish_seqlocked(
         &mut self,
         len: usize,
-        fill: &mut dyn FnMut(usize, &mut [u8]),
+        write: impl FnOnce(&Words),
     ) -> Result<(), TransportError> {
         let window = &self.fabric.windows[self.me];
         if len > window.data.capacity() {
@@ -360,9 +321,31 @@ impl Transport for InProcessEndpoint {
         window.seq.store(seq + 1, Ordering::Relaxed);
         fence(Ordering::Release);
         window.len.store(len, Ordering::Relaxed);
-        window.data.store_with(len, fill);
+        write(&window.data);
         window.seq.store(seq + 2, Ordering::Release);
         Ok(())
+    }
+}
+
+impl Transport for InProcessEndpoint {
+    fn node(&self) -> NodeId {
+        self.me
+    }
+
+    fn capacity(&self) -> usize {
+        self.fabric.windows[self.me].data.capacity()
+    }
+
+    fn publish(&mut self, payload: &[u8]) -> Result<(), TransportError> {
+        self.publish_seqlocked(payload.len(), |data| data.store(payload))
+    }
+
+    fn publish_with(
+        &mut self,
+        len: usize,
+        fill: &mut dyn FnMut(usize, &mut [u8]),
+    ) -> Result<(), TransportError> {
+        self.publish_seqlocked(len, |data| data.store_with(len, fill))
     }
 
     fn start_read(

@@ -216,17 +216,9 @@ impl Transport for TcpEndpoint {
     }
 
     fn publish(&mut self, payload: &[u8]) -> Result<(), TransportError> {
-        if payload.len() > self.shared.capacity {
-            return Err(TransportError::TooLarge {
-                len: payload.len(),
-                capacity: self.shared.capacity,
-            });
-        }
-        let mut published = lock(&self.shared.published);
-        published.data[..payload.len()].copy_from_slice(payload);
-        published.len = payload.len();
-        published.version += 1;
-        Ok(())
+        self.publish_with(payload.len(), &mut |offset, chunk| {
+            chunk.copy_from_slice(&payload[offset..offset + chunk.len()]);
+        })
     }
 
     fn publish_with(

@@ -189,14 +189,14 @@ pub(crate) fn human_amount(v: f64, unit: &str) -> String {
 }
 
 /// Mean and maximum staleness (local steps) of the averaged copies of all nodes.
-pub(crate) fn staleness(stats: &[NodeStats]) -> (f64, u64) {
-    let copies: u64 = stats.iter().map(|s| s.copies_averaged).sum();
-    let total: u64 = stats.iter().map(|s| s.staleness_steps_total).sum();
-    let max = stats
-        .iter()
-        .map(|s| s.staleness_steps_max)
-        .max()
-        .unwrap_or(0);
+pub(crate) fn staleness<'a>(stats: impl IntoIterator<Item = &'a NodeStats>) -> (f64, u64) {
+    let (copies, total, max) = stats.into_iter().fold((0u64, 0u64, 0u64), |(c, t, m), s| {
+        (
+            c + s.copies_averaged,
+            t + s.staleness_steps_total,
+            m.max(s.staleness_steps_max),
+        )
+    });
     (total as f64 / copies.max(1) as f64, max)
 }
 
@@ -342,6 +342,6 @@ mod tests {
             ..NodeStats::default()
         };
         assert_eq!(staleness(&[a, b]), (2.5, 5));
-        assert_eq!(staleness(&[]), (0.0, 0));
+        assert_eq!(staleness(&[] as &[NodeStats]), (0.0, 0));
     }
 }

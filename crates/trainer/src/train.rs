@@ -287,13 +287,13 @@ pub fn train_accounted(
             interactions,
             model_spread: swarm_core::spread(models.iter().copied()),
         };
-        let stats: Vec<NodeStats> = snapshots.iter().map(|(_, s)| s.clone()).collect();
         let line = EpochLine {
             rank: None,
             row: &row,
             epochs: cfg.raw.epochs,
             epochs_trained: epoch - start_epoch,
-            staleness: (cfg.raw.algo == Algo::Swarm).then(|| crate::report::staleness(&stats)),
+            staleness: (cfg.raw.algo == Algo::Swarm)
+                .then(|| crate::report::staleness(snapshots.iter().map(|(_, s)| s))),
             unreachable: None,
         };
         // Printed also when stderr is not a terminal (indicatif then draws nothing).
