@@ -508,14 +508,8 @@ impl<T: Transport> SwarmNode<T> {
             if self.in_flight.is_none() {
                 break;
             }
-            // Spin briefly for fast (in-process, RDMA) completions, then leave the core to others:
-            // networked operations take far longer than a spin, and processes may share cores.
             polls = polls.saturating_add(1);
-            if polls < 1024 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
+            self.transport.idle(polls);
         }
         Ok(averaged)
     }

@@ -129,6 +129,19 @@ pub trait Transport: Send {
     /// Frees the slots visited by the last [`Transport::take_inbox`] for their writers. Call it
     /// after republishing the model that includes the deposits, so every deposit counts once.
     fn release_inbox(&mut self) -> Result<(), TransportError>;
+
+    /// Called by a node that has nothing to do but wait for its operations in flight, after
+    /// `empty_polls` polls in a row found nothing. The default spins briefly for fast (in-process,
+    /// RDMA) completions, then leaves the core to others: networked operations take far longer
+    /// than a spin, and processes may share cores. A transport on a virtual clock advances the
+    /// clock to its next completion instead.
+    fn idle(&mut self, empty_polls: u32) {
+        if empty_polls < 1024 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
 }
 
 /// A boxed transport is a transport: drivers that pick the network at run time hold a
@@ -185,5 +198,9 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
 
     fn release_inbox(&mut self) -> Result<(), TransportError> {
         (**self).release_inbox()
+    }
+
+    fn idle(&mut self, empty_polls: u32) {
+        (**self).idle(empty_polls)
     }
 }

@@ -174,6 +174,9 @@ pub struct TrainConfig {
     /// waits for it; `off`: threads run freely; `auto`: 1 when there are more nodes than cores,
     /// else off.
     pub max_lead: String,
+    /// Emulate a cluster in virtual time (in-process nodes): a preset (ib-hdr, ib-edr, 100gbe,
+    /// 25gbe, 10gbe) with optional items (`10gbe,fixed:5,stragglers:0.1:4`), or a TOML file.
+    pub cluster: Option<String>,
 }
 
 impl Default for TrainConfig {
@@ -210,6 +213,7 @@ impl Default for TrainConfig {
             max_peer_distance: Some(1000.0),
             overlap: "on".into(),
             max_lead: "auto".into(),
+            cluster: None,
         }
     }
 }
@@ -323,6 +327,13 @@ pub struct TrainArgs {
     /// time slice, which costs `pull` accuracy [default: auto].
     #[arg(long, value_name = "STEPS")]
     pub max_lead: Option<String>,
+    /// Emulate a cluster in virtual time: N nodes in this process whose steps and messages take
+    /// the time the cluster gives them. A network preset (ib-hdr, ib-edr, 100gbe, 25gbe, 10gbe)
+    /// or net:LATENCY_US:GBPS, then optional items: fixed:MS or measured (step time),
+    /// lognormal:SIGMA (jitter), stragglers:FRACTION:FACTOR[:PERIOD_S], eval:SECONDS; or a TOML
+    /// file with the same settings [default: real time].
+    #[arg(long, value_name = "SPEC")]
+    pub cluster: Option<String>,
 }
 
 /// A validated configuration, with every string parsed.
@@ -352,6 +363,8 @@ pub struct Resolved {
     pub max_lead: Option<u64>,
     /// Whether interactions overlap local steps.
     pub overlap: Overlap,
+    /// The cluster emulated in virtual time (`--cluster`), if any.
+    pub cluster: Option<crate::vtime::ClusterSpec>,
 }
 
 /// Where the nodes of a run live and how they reach each other.
@@ -536,6 +549,9 @@ impl TrainArgs {
         if self.max_peer_distance.is_some() {
             cfg.max_peer_distance = self.max_peer_distance;
         }
+        if self.cluster.is_some() {
+            cfg.cluster = self.cluster.clone();
+        }
         if self.clip_grad_norm.is_some() {
             cfg.clip_grad_norm = self.clip_grad_norm;
         }
@@ -701,7 +717,32 @@ impl TrainConfig {
             .data
             .clone()
             .unwrap_or_else(|| PathBuf::from(crate::data::DEBIAN_FASHION_MNIST));
+        let cluster = match &self.cluster {
+            None => None,
+            Some(text) => {
+                let spec = crate::vtime::ClusterSpec::parse(text).map_err(cfg)?;
+                if transport != TransportKind::InProcess {
+                    return Err(cfg(format!(
+                        "cluster: an emulated cluster runs its nodes in this process; drop \
+                         --transport {} (or drop --cluster to run on the real network)",
+                        self.transport
+                    )));
+                }
+                if self.resume.is_some() || self.checkpoint_every.is_some() {
+                    return Err(cfg(
+                        "cluster: emulated runs are not checkpointed or resumed (they are \
+                         deterministic: run again with the same seed and spec)"
+                            .into(),
+                    ));
+                }
+                if self.device != "cpu" {
+                    return Err(cfg("cluster: emulated runs compute on the cpu".into()));
+                }
+                Some(spec)
+            }
+        };
         Ok(Resolved {
+            cluster,
             local_steps,
             interaction,
             quant,

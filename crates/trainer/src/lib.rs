@@ -19,6 +19,7 @@ pub mod report;
 mod setup;
 pub mod simstudy;
 pub mod train;
+pub mod vtime;
 mod worker;
 
 /// Everything that can stop a run, each with a message that says what to fix.

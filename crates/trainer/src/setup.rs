@@ -102,6 +102,42 @@ pub(crate) fn window_capacity(cfg: &Resolved, dim: usize) -> usize {
     cfg.quant.encoded_len(dim).div_ceil(8) * 8 + 4 * dim + 64
 }
 
+/// Refuses an in-process fabric (a window and one inbox slot per neighbour, of `capacity` bytes
+/// each, for every node) larger than half the memory this machine has available.
+pub(crate) fn check_fabric_memory(
+    neighbours: &[Vec<usize>],
+    capacity: usize,
+) -> Result<(), TrainError> {
+    let bytes: u64 = neighbours
+        .iter()
+        .map(|list| (1 + list.len() as u64) * capacity as u64)
+        .sum();
+    let Some(available) = available_memory_bytes() else {
+        return Ok(());
+    };
+    if bytes > available / 2 {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        return Err(TrainError::Config(format!(
+            "the in-process fabric of {} nodes needs {:.1} GiB (a window and an inbox slot per \
+             neighbour, {:.1} MB each) and this machine has {:.1} GiB available: use a sparser \
+             --topology (hypercube, regular:8, exponential), fewer nodes, or a smaller model",
+            neighbours.len(),
+            gib(bytes),
+            capacity as f64 / 1e6,
+            gib(available)
+        )));
+    }
+    Ok(())
+}
+
+/// `MemAvailable` of /proc/meminfo, when there is one.
+fn available_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Node `endpoint`'s SwarmSGD state as configured: schedule, codec, distance limit, and for
 /// quantized runs the same codec for pairwise corrections.
 pub(crate) fn swarm_node<T: Transport>(

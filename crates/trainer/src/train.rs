@@ -13,11 +13,13 @@ use crate::config::{Algo, Resolved};
 use crate::data::Split;
 use crate::model::{FlatModel, ModelKind};
 use crate::report::{EpochLine, RunTally};
-use crate::setup::{swarm_node, window_capacity, RunSetup};
+use crate::setup::{check_fabric_memory, swarm_node, window_capacity, RunSetup};
+use crate::vtime::{LinkModel, Rendezvous, Stopped, VirtualClock};
 use crate::worker::{NodeAlgo, Stepper};
 use crate::TrainError;
 
 mod baselines;
+pub mod emulated;
 
 pub use crate::report::{EvalRow, Summary};
 
@@ -91,16 +93,60 @@ impl Shared {
     }
 }
 
-/// Runs the configured training and writes metrics.csv, summary.json and model.safetensors.
+/// What the node threads of a run share: its data and shards, `(classes, steps_per_epoch, lr)`,
+/// each node's checkpoint when resuming, and each node's device.
+fn shared(
+    cfg: &Resolved,
+    train: &Split,
+    parts: Vec<Vec<usize>>,
+    (classes, steps_per_epoch, lr): (usize, usize, crate::config::LrSchedule),
+    resume: Vec<crate::checkpoint::NodeCheckpoint>,
+    devices: Vec<tch::Device>,
+) -> Shared {
+    let n = parts.len();
+    let start_epoch = resume.first().map_or(0, |ck| ck.epoch);
+    Shared {
+        train: train.clone(),
+        parts,
+        kind: cfg.model,
+        classes,
+        steps_per_epoch,
+        epochs: cfg.raw.epochs,
+        batch_size: cfg.raw.batch_size,
+        lr,
+        seed: cfg.raw.seed,
+        stopped: Barrier::new(n),
+        resumed: Barrier::new(n + 1),
+        abort: AtomicBool::new(false),
+        steps_done: AtomicU64::new(0),
+        sgd: cfg.sgd,
+        start_epoch,
+        resume,
+        checkpoint_every: cfg.raw.checkpoint_every,
+        eval_every: cfg.raw.eval_every,
+        pacer: crate::pace::Pacer::new(n, (start_epoch * steps_per_epoch) as u64, cfg.max_lead),
+        devices,
+    }
+}
+
+/// Runs the configured training and writes metrics.csv, summary.json and model.safetensors
+/// (in virtual time on an emulated cluster with `--cluster`).
 pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
+    if cfg.cluster.is_some() {
+        return emulated::train(cfg);
+    }
     train_accounted(cfg).map(|(summary, _)| summary)
 }
 
 /// [`train`], also returning each node's cumulative account at the end of every epoch (bytes,
-/// messages, compute and wait time), which it writes to `accounting.json` too.
+/// messages, compute and wait time), which it writes to `accounting.json` too. An emulated run
+/// (`--cluster`) has its times in `cluster.json` instead, and returns no accounts.
 pub fn train_accounted(
     cfg: &Resolved,
 ) -> Result<(Summary, Vec<Vec<crate::netmodel::NodeAccount>>), TrainError> {
+    if cfg.cluster.is_some() {
+        return emulated::train(cfg).map(|s| (s, Vec::new()));
+    }
     let started = Instant::now();
     tch::set_num_threads(1);
     let n = cfg.raw.nodes;
@@ -142,36 +188,25 @@ pub fn train_accounted(
         None => Vec::new(),
     };
     let start_epoch = resume.first().map_or(0, |ck| ck.epoch);
-    let pacer = crate::pace::Pacer::new(n, (start_epoch * steps_per_epoch) as u64, cfg.max_lead);
-    let shared = Arc::new(Shared {
-        train: data.train.clone(),
+    let shared = Arc::new(shared(
+        cfg,
+        &data.train,
         parts,
-        kind: cfg.model,
-        classes,
-        steps_per_epoch,
-        epochs: cfg.raw.epochs,
-        batch_size: cfg.raw.batch_size,
-        lr,
-        seed: cfg.raw.seed,
-        stopped: Barrier::new(n),
-        resumed: Barrier::new(n + 1),
-        abort: AtomicBool::new(false),
-        steps_done: AtomicU64::new(0),
-        sgd: cfg.sgd,
-        start_epoch,
+        (classes, steps_per_epoch, lr),
         resume,
-        checkpoint_every: cfg.raw.checkpoint_every,
-        eval_every: cfg.raw.eval_every,
-        pacer,
         devices,
-    });
+    ));
     let (tx, rx) = mpsc::channel();
     let training_started = Instant::now();
-    let handles = match cfg.raw.algo {
-        Algo::Swarm => spawn_swarm(cfg, &shared, &neighbours, dim, &tx)?,
-        Algo::Allreduce => spawn_allreduce(&shared, dim, &tx)?,
-        algo => baselines::spawn(algo, cfg, &shared, &neighbours, dim, &tx)?,
-    };
+    let handles: Vec<_> = build_nodes(cfg, &shared, &neighbours, dim, None)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, (model, algo))| {
+            let shared = Arc::clone(&shared);
+            let tx = tx.clone();
+            std::thread::spawn(move || node_loop(i, &shared, &tx, model, algo))
+        })
+        .collect();
     drop(tx);
 
     let total_steps = (steps_per_epoch * cfg.raw.epochs * n) as u64;
@@ -447,45 +482,91 @@ fn node_loop(
     shared.pacer.stopped(node);
 }
 
-fn spawn_swarm(
+/// A node's model and its algorithm, chosen at run time.
+type BuiltNode = (FlatModel, Box<dyn NodeAlgo + Send>);
+
+/// Every node's model and algorithm for `cfg.raw.algo`. In an emulated cluster (`clock`),
+/// SwarmSGD's nodes read and write through the virtual clock and the baselines' barriers are its
+/// collectives. Built before any thread starts: a failure stops the run before a node waits.
+fn build_nodes(
     cfg: &Resolved,
-    shared: &Arc<Shared>,
+    shared: &Shared,
     neighbours: &[Vec<usize>],
     dim: usize,
-    tx: &mpsc::Sender<NodeMsg>,
-) -> Result<Vec<std::thread::JoinHandle<()>>, TrainError> {
+    clock: Option<&Arc<VirtualClock>>,
+) -> Result<Vec<BuiltNode>, TrainError> {
+    if cfg.raw.algo != Algo::Swarm {
+        let models = (0..neighbours.len())
+            .map(|i| shared.new_model(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        return match cfg.raw.algo {
+            Algo::Allreduce => Ok(allreduce_nodes(models, dim, clock)),
+            algo => baselines::build(algo, cfg, neighbours, models, dim, clock),
+        };
+    }
     let capacity = window_capacity(cfg, dim);
+    check_fabric_memory(neighbours, capacity)?;
     let fabric = InProcessFabric::new(neighbours.to_vec(), capacity)
         .map_err(|e| TrainError::Node(e.to_string()))?;
-    let mut handles = Vec::new();
+    let mut nodes = Vec::new();
     for (i, list) in neighbours.iter().enumerate() {
         let endpoint = fabric
             .endpoint(i)
             .map_err(|e| TrainError::Node(e.to_string()))?;
-        let swarm = swarm_node(cfg, endpoint, list.clone(), dim)?;
-        // Built here, not in the thread: a failure stops the run before any node waits on a barrier.
         let mut model = shared.new_model(i)?;
-        let mut swarm = swarm;
-        model.with_params_mut(|p| swarm.publish(p))?;
-        let shared = Arc::clone(shared);
-        let tx = tx.clone();
-        handles.push(std::thread::spawn(move || {
-            node_loop(i, &shared, &tx, model, swarm)
-        }));
+        let algo: Box<dyn NodeAlgo + Send> = match clock {
+            None => {
+                let mut swarm = swarm_node(cfg, endpoint, list.clone(), dim)?;
+                model.with_params_mut(|p| swarm.publish(p))?;
+                Box::new(swarm)
+            }
+            Some(clock) => {
+                let link = emulated::VirtualLink::new(endpoint, Arc::clone(clock));
+                let mut swarm = swarm_node(cfg, link, list.clone(), dim)?;
+                model.with_params_mut(|p| swarm.publish(p))?;
+                Box::new(swarm)
+            }
+        };
+        nodes.push((model, algo));
     }
-    Ok(handles)
+    Ok(nodes)
 }
 
 /// Sums gradients of all nodes in shared memory; two buffers alternate between steps.
 struct Reducer {
     sums: [Mutex<(Vec<f32>, usize)>; 2],
-    added: Barrier,
+    added: Rendezvous,
     n: usize,
 }
 
 impl Reducer {
+    /// Sums vectors of length `dim` over `n` nodes; in an emulated cluster each sum takes what
+    /// `cost` says on the cluster's links (seconds).
+    fn new(
+        n: usize,
+        dim: usize,
+        clock: Option<&Arc<VirtualClock>>,
+        cost: impl FnOnce(&LinkModel) -> f64,
+    ) -> Self {
+        Reducer {
+            sums: [
+                Mutex::new((vec![0.0; dim], 0)),
+                Mutex::new((vec![0.0; dim], 0)),
+            ],
+            added: Rendezvous::new(n, clock, cost),
+            n,
+        }
+    }
+
+    /// [`Reducer::new`] costed as a ring all-reduce of f32 vectors.
+    fn ring(n: usize, dim: usize, clock: Option<&Arc<VirtualClock>>) -> Self {
+        Self::new(n, dim, clock, |link| {
+            link.ring_allreduce_seconds(n, 4 * dim as u64)
+        })
+    }
+
     /// Replaces `grad` with the mean of all nodes' `grad` for this `round`.
-    fn allreduce(&self, round: u64, grad: &mut [f32]) {
+    fn allreduce(&self, round: u64, grad: &mut [f32]) -> Result<(), Stopped> {
         let (this, other) = ((round % 2) as usize, ((round + 1) % 2) as usize);
         {
             let mut guard = self.sums[this].lock().unwrap_or_else(|p| p.into_inner());
@@ -501,12 +582,13 @@ impl Reducer {
                 other.1 = 0;
             }
         }
-        self.added.wait();
+        self.added.wait()?;
         let guard = self.sums[this].lock().unwrap_or_else(|p| p.into_inner());
         let scale = 1.0 / self.n as f32;
         for (g, s) in grad.iter_mut().zip(guard.0.iter()) {
             *g = *s * scale;
         }
+        Ok(())
     }
 }
 
@@ -522,7 +604,7 @@ impl NodeAlgo for AllreduceNode {
         let round = self.rounds;
         self.rounds += 1;
         let reducer = &self.reducer;
-        model.with_grad_mut(&mut self.grad, |g| reducer.allreduce(round, g))?;
+        model.with_grad_mut(&mut self.grad, |g| reducer.allreduce(round, g))??;
         model.sgd_step(lr);
         Ok(())
     }
@@ -536,32 +618,21 @@ impl NodeAlgo for AllreduceNode {
     }
 }
 
-fn spawn_allreduce(
-    shared: &Arc<Shared>,
+fn allreduce_nodes(
+    models: Vec<FlatModel>,
     dim: usize,
-    tx: &mpsc::Sender<NodeMsg>,
-) -> Result<Vec<std::thread::JoinHandle<()>>, TrainError> {
-    let n = shared.parts.len();
-    let reducer = Arc::new(Reducer {
-        sums: [
-            Mutex::new((vec![0.0; dim], 0)),
-            Mutex::new((vec![0.0; dim], 0)),
-        ],
-        added: Barrier::new(n),
-        n,
-    });
-    (0..n)
-        .map(|i| {
-            let model = shared.new_model(i)?;
-            let shared = Arc::clone(shared);
-            let tx = tx.clone();
-            let algo = AllreduceNode {
+    clock: Option<&Arc<VirtualClock>>,
+) -> Vec<BuiltNode> {
+    let reducer = Arc::new(Reducer::ring(models.len(), dim, clock));
+    models
+        .into_iter()
+        .map(|model| {
+            let algo: Box<dyn NodeAlgo + Send> = Box::new(AllreduceNode {
                 reducer: Arc::clone(&reducer),
                 rounds: 0,
                 grad: Vec::new(),
-            };
-            let handle = std::thread::spawn(move || node_loop(i, &shared, &tx, model, algo));
-            Ok(handle)
+            });
+            (model, algo)
         })
         .collect()
 }

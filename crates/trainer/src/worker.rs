@@ -104,6 +104,39 @@ impl<T: Transport> NodeAlgo for SwarmNode<T> {
     }
 }
 
+/// A boxed algorithm is an algorithm: drivers choose the algorithm at run time.
+impl NodeAlgo for Box<dyn NodeAlgo + Send> {
+    fn at_boundary(&mut self, model: &mut FlatModel) -> Result<(), TrainError> {
+        (**self).at_boundary(model)
+    }
+
+    fn at_epoch_end(&mut self, model: &mut FlatModel) -> Result<(), TrainError> {
+        (**self).at_epoch_end(model)
+    }
+
+    fn after_step(&mut self, model: &mut FlatModel, lr: f64) -> Result<(), TrainError> {
+        (**self).after_step(model, lr)
+    }
+
+    fn stats(&self) -> NodeStats {
+        (**self).stats()
+    }
+}
+
+/// Plain local SGD without any exchange (a node alone; the emulator's step-time measurement).
+pub(crate) struct Alone;
+
+impl NodeAlgo for Alone {
+    fn after_step(&mut self, model: &mut FlatModel, lr: f64) -> Result<(), TrainError> {
+        model.sgd_step(lr);
+        Ok(())
+    }
+
+    fn stats(&self) -> NodeStats {
+        NodeStats::default()
+    }
+}
+
 /// The local steps one node took in an epoch, and their summed loss.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct EpochTally {
@@ -166,7 +199,18 @@ impl<'a> Stepper<'a> {
     pub(crate) fn step(
         &mut self,
         model: &mut FlatModel,
-        algo: &mut impl NodeAlgo,
+        algo: &mut (impl NodeAlgo + ?Sized),
+    ) -> Result<f64, TrainError> {
+        self.step_at(model, algo, self.step)
+    }
+
+    /// [`Stepper::step`] with the learning rate of step `schedule_step` of the schedule (an
+    /// emulated asynchronous run follows the schedule by the steps of all nodes, not its own).
+    pub(crate) fn step_at(
+        &mut self,
+        model: &mut FlatModel,
+        algo: &mut (impl NodeAlgo + ?Sized),
+        schedule_step: usize,
     ) -> Result<f64, TrainError> {
         algo.at_boundary(model)?;
         let (x, y) = batch(self.train, &self.batches.next(self.batch_size));
@@ -176,7 +220,7 @@ impl<'a> Stepper<'a> {
                 "loss became {loss}: lower the learning rate"
             )));
         }
-        algo.after_step(model, self.lr.at(self.step))?;
+        algo.after_step(model, self.lr.at(schedule_step))?;
         self.step += 1;
         Ok(loss)
     }

@@ -4,12 +4,13 @@
 //! on edges and the rest on the diagonal: symmetric and doubly stochastic on any graph, so mixing
 //! keeps the average of the models.
 
-use std::sync::{Arc, Barrier, RwLock};
+use std::sync::{Arc, RwLock};
 
 use swarm_core::NodeStats;
 
 use super::{model_bytes, NodeAlgo};
 use crate::model::FlatModel;
+use crate::vtime::{Rendezvous, VirtualClock};
 use crate::TrainError;
 
 /// Per node: its own weight and `(neighbour, weight)` pairs; every row sums to 1.
@@ -30,7 +31,7 @@ pub(crate) fn metropolis_weights(neighbours: &[Vec<usize>]) -> Vec<(f32, Vec<(us
 /// The models of one round, double-buffered by round parity.
 struct Board {
     slots: [Vec<RwLock<Vec<f32>>>; 2],
-    written: Barrier,
+    written: Rendezvous,
 }
 
 pub(super) struct Dpsgd {
@@ -47,12 +48,17 @@ pub(super) fn nodes(
     neighbours: &[Vec<usize>],
     models: Vec<FlatModel>,
     dim: usize,
+    clock: Option<&Arc<VirtualClock>>,
 ) -> Vec<(FlatModel, Dpsgd)> {
     let n = models.len();
     let slots = || (0..n).map(|_| RwLock::new(vec![0.0; dim])).collect();
+    // Each node sends its model to every neighbour, one after the other on its NIC.
+    let degree = neighbours.iter().map(Vec::len).max().unwrap_or(0);
     let board = Arc::new(Board {
         slots: [slots(), slots()],
-        written: Barrier::new(n),
+        written: Rendezvous::new(n, clock, |link| {
+            link.latency_seconds + degree as f64 * link.wire_seconds(model_bytes(dim))
+        }),
     });
     metropolis_weights(neighbours)
         .into_iter()
@@ -82,7 +88,7 @@ impl NodeAlgo for Dpsgd {
                 .unwrap_or_else(|e| e.into_inner())
                 .copy_from_slice(p)
         });
-        self.board.written.wait();
+        self.board.written.wait()?;
         let (own, mixed) = (self.own, &mut self.mixed);
         model.with_params_mut(|p| {
             for (m, x) in mixed.iter_mut().zip(p.iter()) {

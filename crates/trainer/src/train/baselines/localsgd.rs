@@ -1,7 +1,7 @@
 //! Local SGD (periodic averaging): every node takes H local steps, then all nodes replace their
 //! model by the average of all models (a ring all-reduce on a cluster), synchronously.
 
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::Arc;
 
 use swarm_core::NodeStats;
 
@@ -10,6 +10,7 @@ use super::{period, NodeAlgo};
 use crate::config::Resolved;
 use crate::model::FlatModel;
 use crate::netmodel::ring_allreduce_per_node;
+use crate::vtime::VirtualClock;
 use crate::TrainError;
 
 pub(super) struct LocalSgd {
@@ -20,25 +21,14 @@ pub(super) struct LocalSgd {
     stats: NodeStats,
 }
 
-/// A reducer over `n` nodes of vectors of length `dim`.
-pub(super) fn reducer(n: usize, dim: usize) -> Arc<Reducer> {
-    Arc::new(Reducer {
-        sums: [
-            Mutex::new((vec![0.0; dim], 0)),
-            Mutex::new((vec![0.0; dim], 0)),
-        ],
-        added: Barrier::new(n),
-        n,
-    })
-}
-
 pub(super) fn nodes(
     cfg: &Resolved,
     models: Vec<FlatModel>,
     dim: usize,
+    clock: Option<&Arc<VirtualClock>>,
 ) -> Vec<(FlatModel, LocalSgd)> {
     let n = models.len();
-    let reducer = reducer(n, dim);
+    let reducer = Arc::new(Reducer::ring(n, dim, clock));
     models
         .into_iter()
         .map(|m| {
@@ -60,7 +50,7 @@ impl NodeAlgo for LocalSgd {
         self.stats.local_steps += 1;
         if self.stats.local_steps % self.h == 0 {
             let round = self.rounds;
-            model.with_params_mut(|p| self.reducer.allreduce(round, p));
+            model.with_params_mut(|p| self.reducer.allreduce(round, p))?;
             self.rounds += 1;
             self.stats.interactions += 1;
             self.stats.bytes_written += self.ring.0;

@@ -14,13 +14,14 @@
 //! | `lasgd` | `lasgd.rs` | all-reduce of the models in the background every H steps |
 //! | `elastic`, `elastic-ef` | `elastic.rs` | sparsified gradients into a shared model |
 
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
 use swarm_core::LocalSteps;
 
-use super::{node_loop, NodeMsg, Shared};
+use super::BuiltNode;
 use crate::config::{Algo, Resolved};
 use crate::model::FlatModel;
+use crate::vtime::VirtualClock;
 use crate::worker::NodeAlgo;
 use crate::TrainError;
 
@@ -48,48 +49,35 @@ fn period(local_steps: LocalSteps) -> u64 {
     (local_steps.mean().round() as u64).max(1)
 }
 
-/// Starts one thread per node, each running `node_loop` around its [`NodeAlgo`].
-fn spawn_nodes<A: NodeAlgo + Send + 'static>(
-    shared: &Arc<Shared>,
-    tx: &mpsc::Sender<NodeMsg>,
-    nodes: Vec<(FlatModel, A)>,
-) -> Vec<std::thread::JoinHandle<()>> {
+/// Boxes each node's algorithm.
+fn boxed<A: NodeAlgo + Send + 'static>(nodes: Vec<(FlatModel, A)>) -> Vec<BuiltNode> {
     nodes
         .into_iter()
-        .enumerate()
-        .map(|(i, (model, algo))| {
-            let shared = Arc::clone(shared);
-            let tx = tx.clone();
-            std::thread::spawn(move || node_loop(i, &shared, &tx, model, algo))
+        .map(|(model, algo)| {
+            let algo: Box<dyn NodeAlgo + Send> = Box::new(algo);
+            (model, algo)
         })
         .collect()
 }
 
-/// Builds every node's model and state, then starts the threads of baseline `algo`.
-pub(super) fn spawn(
+/// Every node's state for baseline `algo`, around the nodes' `models`. In an emulated cluster
+/// (`clock`) the synchronous baselines' barriers are collectives of the virtual clock.
+pub(super) fn build(
     algo: Algo,
     cfg: &Resolved,
-    shared: &Arc<Shared>,
     neighbours: &[Vec<usize>],
+    models: Vec<FlatModel>,
     dim: usize,
-    tx: &mpsc::Sender<NodeMsg>,
-) -> Result<Vec<std::thread::JoinHandle<()>>, TrainError> {
-    let n = neighbours.len();
-    let models = (0..n)
-        .map(|i| shared.new_model(i))
-        .collect::<Result<Vec<_>, _>>()?;
+    clock: Option<&Arc<VirtualClock>>,
+) -> Result<Vec<BuiltNode>, TrainError> {
     Ok(match algo {
-        Algo::LocalSgd => spawn_nodes(shared, tx, localsgd::nodes(cfg, models, dim)),
-        Algo::Dpsgd => spawn_nodes(shared, tx, dpsgd::nodes(neighbours, models, dim)),
-        Algo::Adpsgd => spawn_nodes(shared, tx, adpsgd::nodes(cfg, neighbours, models, dim)?),
-        Algo::Sgp => spawn_nodes(shared, tx, sgp::nodes(models, dim)),
-        Algo::Qsparse | Algo::QsparseAsync => {
-            spawn_nodes(shared, tx, qsparse::nodes(algo, cfg, models, dim)?)
-        }
-        Algo::Lasgd => spawn_nodes(shared, tx, lasgd::nodes(cfg, models, dim)),
-        Algo::Elastic | Algo::ElasticEf => {
-            spawn_nodes(shared, tx, elastic::nodes(algo, cfg, models, dim)?)
-        }
+        Algo::LocalSgd => boxed(localsgd::nodes(cfg, models, dim, clock)),
+        Algo::Dpsgd => boxed(dpsgd::nodes(neighbours, models, dim, clock)),
+        Algo::Adpsgd => boxed(adpsgd::nodes(cfg, neighbours, models, dim)?),
+        Algo::Sgp => boxed(sgp::nodes(models, dim, clock)),
+        Algo::Qsparse | Algo::QsparseAsync => boxed(qsparse::nodes(algo, cfg, models, dim, clock)?),
+        Algo::Lasgd => boxed(lasgd::nodes(cfg, models, dim)),
+        Algo::Elastic | Algo::ElasticEf => boxed(elastic::nodes(algo, cfg, models, dim)?),
         Algo::Swarm | Algo::Allreduce => {
             return Err(TrainError::Config(format!(
                 "{algo} is not a baseline of this module"

@@ -21,6 +21,7 @@ use super::super::Reducer;
 use super::{model_bytes, period, NodeAlgo};
 use crate::config::{Algo, Resolved};
 use crate::model::FlatModel;
+use crate::vtime::VirtualClock;
 use crate::TrainError;
 
 /// A codec with (or without) error feedback, that returns what the receivers decode.
@@ -123,10 +124,15 @@ pub(super) fn nodes(
     cfg: &Resolved,
     mut models: Vec<FlatModel>,
     dim: usize,
+    clock: Option<&Arc<VirtualClock>>,
 ) -> Result<Vec<(FlatModel, Qsparse)>, TrainError> {
     let n = models.len();
     let init = models.first_mut().map(|m| m.params()).unwrap_or_default();
-    let reducer = super::localsgd::reducer(n, dim);
+    // Every node receives the n - 1 others' compressed progress (an all-gather).
+    let payload = cfg.quant.encoded_len(dim) as u64;
+    let reducer = Arc::new(Reducer::new(n, dim, clock, |link| {
+        (n as f64 - 1.0) * (link.latency_seconds + link.wire_seconds(payload))
+    }));
     let master = Arc::new(Master {
         model: Mutex::new(init.clone()),
     });
@@ -190,7 +196,7 @@ impl NodeAlgo for Qsparse {
             Trigger::Sync {
                 rounds, reducer, ..
             } => {
-                reducer.allreduce(*rounds, &mut self.delta);
+                reducer.allreduce(*rounds, &mut self.delta)?;
                 *rounds += 1;
                 for (r, d) in self.reference.iter_mut().zip(&self.delta) {
                     *r += d;

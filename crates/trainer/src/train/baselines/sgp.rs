@@ -5,12 +5,13 @@
 //! pushed to it. Pushes conserve the sums of the numerators and of the weights (which stay `n`),
 //! so `z_i` approaches the average without doubly stochastic mixing.
 
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Mutex};
 
 use swarm_core::NodeStats;
 
 use super::{model_bytes, NodeAlgo};
 use crate::model::FlatModel;
+use crate::vtime::{Rendezvous, VirtualClock};
 use crate::TrainError;
 
 /// The out-peer of node `i` at step `k` on the directed exponential graph of `n` nodes.
@@ -76,7 +77,7 @@ type Inbox = Mutex<(Vec<f32>, f64)>;
 /// Mass pushed to each node, double-buffered by step parity.
 struct Inboxes {
     slots: [Vec<Inbox>; 2],
-    pushed: Barrier,
+    pushed: Rendezvous,
 }
 
 pub(super) struct Sgp {
@@ -88,12 +89,19 @@ pub(super) struct Sgp {
     stats: NodeStats,
 }
 
-pub(super) fn nodes(mut models: Vec<FlatModel>, dim: usize) -> Vec<(FlatModel, Sgp)> {
+pub(super) fn nodes(
+    mut models: Vec<FlatModel>,
+    dim: usize,
+    clock: Option<&Arc<VirtualClock>>,
+) -> Vec<(FlatModel, Sgp)> {
     let n = models.len();
     let slots = || (0..n).map(|_| Mutex::new((vec![0.0; dim], 0.0))).collect();
+    // One push of the model and its weight to one peer per step.
     let inboxes = Arc::new(Inboxes {
         slots: [slots(), slots()],
-        pushed: Barrier::new(n),
+        pushed: Rendezvous::new(n, clock, |link| {
+            link.latency_seconds + link.wire_seconds(model_bytes(dim) + 8)
+        }),
     });
     models
         .iter_mut()
@@ -134,7 +142,7 @@ impl NodeAlgo for Sgp {
             }
             inbox.1 += self.state.w;
         }
-        self.inboxes.pushed.wait();
+        self.inboxes.pushed.wait()?;
         {
             let mut inbox = slots[self.id].lock().unwrap_or_else(|e| e.into_inner());
             let (x, w) = &mut *inbox;
