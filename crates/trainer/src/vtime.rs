@@ -408,6 +408,8 @@ struct ClockState {
     gathered: Vec<usize>,
     gathered_latest: Nanos,
     gathered_cost: Nanos,
+    /// Background collectives in progress, by key.
+    background: HashMap<u64, BackgroundRound>,
     failure: Option<String>,
     /// Real time the nodes held the turn, summed; and when the holder got it.
     held: f64,
@@ -423,6 +425,17 @@ pub(crate) struct VirtualClock {
     state: Mutex<ClockState>,
     turn: Vec<Condvar>,
     link: LinkModel,
+}
+
+/// A collective that runs while its nodes compute (LASGD's all-reduce).
+#[derive(Default)]
+struct BackgroundRound {
+    started: usize,
+    finished: usize,
+    latest: Nanos,
+    /// Nodes that wait for it to complete.
+    parked: Vec<usize>,
+    release: Option<Nanos>,
 }
 
 /// The run stopped (a node failed, or no node can move): the caller should return.
@@ -456,6 +469,7 @@ impl VirtualClock {
                 gathered: Vec::new(),
                 gathered_latest: 0,
                 gathered_cost: 0,
+                background: HashMap::new(),
                 failure: None,
                 held: 0.0,
                 held_since: None,
@@ -613,11 +627,7 @@ impl VirtualClock {
     /// latest arrival plus `cost` (the collective's own time, waiting for the slowest).
     pub(crate) fn collective(&self, cost: Nanos) -> Result<(), Stopped> {
         let mut state = self.lock();
-        let Some(me) = state.running else {
-            return Err(Stopped(
-                "a collective was entered outside a node's turn".into(),
-            ));
-        };
+        let me = Self::holder(&state)?;
         state.gathered.push(me);
         state.gathered_latest = state.gathered_latest.max(state.node_time[me]);
         state.gathered_cost = cost;
@@ -640,6 +650,66 @@ impl VirtualClock {
             Self::push_wake(state, k, release);
         }
         state.gathered_latest = 0;
+    }
+
+    /// The node holding the turn contributes to background collective `key` (it does not wait);
+    /// once every live node has, the collective completes `cost` after the last contribution.
+    pub(crate) fn background_start(&self, key: u64, cost: Nanos) -> Result<(), Stopped> {
+        let mut state = self.lock();
+        let me = Self::holder(&state)?;
+        let live = state.live.iter().filter(|&&l| l).count();
+        let now = state.node_time[me];
+        let round = state.background.entry(key).or_default();
+        round.started += 1;
+        round.latest = round.latest.max(now);
+        if round.started >= live {
+            let release = round.latest + cost;
+            round.release = Some(release);
+            let parked = std::mem::take(&mut round.parked);
+            for k in parked {
+                let at = release.max(state.node_time[k]);
+                state.idle[k] += at - state.node_time[k];
+                state.node_time[k] = at;
+                Self::push_wake(&mut state, k, at);
+            }
+        }
+        Ok(())
+    }
+
+    /// The node holding the turn waits until background collective `key` has completed.
+    pub(crate) fn background_finish(&self, key: u64) -> Result<(), Stopped> {
+        let mut state = self.lock();
+        let me = Self::holder(&state)?;
+        let round = state.background.entry(key).or_default();
+        round.finished += 1;
+        let release = round.release;
+        // Not by the live count: nodes that stopped after contributing never finish.
+        if release.is_some() && round.finished >= round.started {
+            state.background.remove(&key);
+        }
+        match release {
+            Some(at) => {
+                let now = state.node_time[me];
+                let wait = at.saturating_sub(now);
+                state.node_time[me] += wait;
+                state.idle[me] += wait;
+                let at = state.node_time[me];
+                Self::push_wake(&mut state, me, at);
+            }
+            None => {
+                if let Some(round) = state.background.get_mut(&key) {
+                    round.parked.push(me);
+                }
+            }
+        }
+        self.dispatch(&mut state);
+        self.wait_turn(me, state).map(drop)
+    }
+
+    fn holder(state: &ClockState) -> Result<usize, Stopped> {
+        state
+            .running
+            .ok_or_else(|| Stopped("a collective was entered outside a node's turn".into()))
     }
 
     /// Node `me` stops (end of its run); the turn passes on.
@@ -871,6 +941,36 @@ mod tests {
         let times = clock.node_times();
         assert!((times[0].idle_seconds - 112e-9).abs() < 1e-15);
         assert!((times[2].busy_seconds - 18e-9).abs() < 1e-15);
+    }
+
+    /// Node 0 contributes at 10 and waits at 20; node 1 contributes at 30: the collective ends at
+    /// 30 + 5, when node 0 goes on. Node 1 finishes at 40, after the end: it does not wait.
+    #[test]
+    fn a_background_collective_completes_after_the_last_contribution() {
+        let clock = Arc::new(VirtualClock::new(2, LinkModel::preset("10gbe").unwrap()));
+        let first = {
+            let clock = Arc::clone(&clock);
+            std::thread::spawn(move || -> Result<u64, Stopped> {
+                clock.enter(0)?;
+                clock.advance(0, 10, true)?;
+                clock.background_start(7, 5)?;
+                clock.advance(0, 10, true)?;
+                clock.background_finish(7)?;
+                let t = clock.now(0);
+                clock.leave(0);
+                Ok(t)
+            })
+        };
+        clock.enter(1).unwrap();
+        clock.advance(1, 30, true).unwrap();
+        clock.background_start(7, 5).unwrap();
+        clock.advance(1, 10, true).unwrap();
+        clock.background_finish(7).unwrap();
+        assert_eq!(clock.now(1), 40);
+        clock.leave(1);
+        assert_eq!(first.join().unwrap().unwrap(), 35);
+        let times = clock.node_times();
+        assert!((times[0].idle_seconds - 15e-9).abs() < 1e-18);
     }
 
     #[test]

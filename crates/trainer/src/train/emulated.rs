@@ -5,8 +5,10 @@
 //! takes the time the cluster's compute model gives; SwarmSGD's reads and writes go through
 //! [`VirtualLink`], so a read lands when the emulated network delivers it and holds the partner's
 //! window as it was at that instant; the synchronous baselines' barriers are collectives costed
-//! on the emulated links; AD-PSGD's exchange, which happens at once in shared memory, costs its
-//! node the messages it counts (latency and bytes, no contention).
+//! on the emulated links (LASGD's all-reduce runs in the background and is waited for at the next
+//! synchronisation); the exchanges that happen at once in shared memory (AD-PSGD's averaging,
+//! the parameter server of `elastic` and `qsparse-async`) cost their node the messages it counts
+//! (latency and bytes, no contention) after its step.
 //!
 //! Nodes do not stop at epoch ends. The run ends when the nodes have taken as many local steps as
 //! the real run would (`nodes * steps_per_epoch * epochs`): the synchronous algorithms take them
@@ -443,14 +445,6 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
         .cluster
         .clone()
         .ok_or_else(|| TrainError::Config("no --cluster given".into()))?;
-    if cfg.raw.algo == Algo::Lasgd || matches!(cfg.raw.algo, Algo::Elastic | Algo::ElasticEf) {
-        return Err(TrainError::Config(format!(
-            "--cluster does not emulate {} (its background all-reduce / shared model has no \
-             virtual-time cost yet); emulated: swarm, allreduce, localsgd, dpsgd, adpsgd, sgp, \
-             qsparse, qsparse-async",
-            cfg.raw.algo
-        )));
-    }
     let started = Instant::now();
     tch::set_num_threads(1);
     let n = cfg.raw.nodes;
@@ -510,9 +504,12 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
         budget: (n * steps_per_epoch * cfg.raw.epochs) as u64,
         asynchronous: matches!(
             cfg.raw.algo,
-            Algo::Swarm | Algo::Adpsgd | Algo::QsparseAsync
+            Algo::Swarm | Algo::Adpsgd | Algo::QsparseAsync | Algo::Elastic | Algo::ElasticEf
         ),
-        charge_messages: matches!(cfg.raw.algo, Algo::Adpsgd | Algo::QsparseAsync),
+        charge_messages: matches!(
+            cfg.raw.algo,
+            Algo::Adpsgd | Algo::QsparseAsync | Algo::Elastic | Algo::ElasticEf
+        ),
         eval_every: ((eval_every_seconds * 1e9).round() as Nanos).max(1),
     });
     let (tx, rx) = mpsc::channel();

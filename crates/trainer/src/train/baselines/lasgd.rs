@@ -12,6 +12,7 @@ use super::{period, NodeAlgo};
 use crate::config::Resolved;
 use crate::model::FlatModel;
 use crate::netmodel::ring_allreduce_per_node;
+use crate::vtime::{Nanos, Stopped, VirtualClock};
 use crate::TrainError;
 
 /// Sum, contributions and readers of one round.
@@ -24,13 +25,15 @@ struct Round {
 /// A non-blocking all-reduce: `start` contributes, `finish` waits for every contribution.
 /// Two rounds alternate; a node starts round r + 2 only after finishing r + 1, which needs every
 /// node to have started r + 1, after finishing r: so round r's buffer is free by then.
+/// In an emulated cluster, the clock times each round as a ring all-reduce of the models.
 struct Background {
     rounds: [(Mutex<Round>, Condvar); 2],
     n: usize,
+    clock: Option<(Arc<VirtualClock>, Nanos)>,
 }
 
 impl Background {
-    fn start(&self, round: u64, v: &[f32]) {
+    fn start(&self, round: u64, v: &[f32]) -> Result<(), Stopped> {
         let (lock, cv) = &self.rounds[(round % 2) as usize];
         let mut r = lock.lock().unwrap_or_else(|e| e.into_inner());
         for (s, x) in r.sum.iter_mut().zip(v) {
@@ -40,9 +43,18 @@ impl Background {
         if r.added == self.n {
             cv.notify_all();
         }
+        drop(r);
+        match &self.clock {
+            Some((clock, cost)) => clock.background_start(round, *cost),
+            None => Ok(()),
+        }
     }
 
-    fn finish(&self, round: u64, mean: &mut [f32]) {
+    fn finish(&self, round: u64, mean: &mut [f32]) -> Result<(), Stopped> {
+        if let Some((clock, _)) = &self.clock {
+            // Every node has contributed once the clock lets this one go on.
+            clock.background_finish(round)?;
+        }
         let (lock, cv) = &self.rounds[(round % 2) as usize];
         let mut r = lock.lock().unwrap_or_else(|e| e.into_inner());
         while r.added < self.n {
@@ -58,6 +70,7 @@ impl Background {
             r.added = 0;
             r.read = 0;
         }
+        Ok(())
     }
 }
 
@@ -72,7 +85,12 @@ pub(super) struct Lasgd {
     stats: NodeStats,
 }
 
-pub(super) fn nodes(cfg: &Resolved, models: Vec<FlatModel>, dim: usize) -> Vec<(FlatModel, Lasgd)> {
+pub(super) fn nodes(
+    cfg: &Resolved,
+    models: Vec<FlatModel>,
+    dim: usize,
+    clock: Option<&Arc<VirtualClock>>,
+) -> Vec<(FlatModel, Lasgd)> {
     let n = models.len();
     let round = || {
         (
@@ -87,6 +105,10 @@ pub(super) fn nodes(cfg: &Resolved, models: Vec<FlatModel>, dim: usize) -> Vec<(
     let background = Arc::new(Background {
         rounds: [round(), round()],
         n,
+        clock: clock.map(|c| {
+            let cost = c.link().ring_allreduce_seconds(n, 4 * dim as u64);
+            (Arc::clone(c), (cost * 1e9).round() as Nanos)
+        }),
     });
     models
         .into_iter()
@@ -114,7 +136,7 @@ impl NodeAlgo for Lasgd {
             return Ok(());
         }
         if let Some(r) = self.pending.take() {
-            self.background.finish(r, &mut self.mean);
+            self.background.finish(r, &mut self.mean)?;
             let (mean, snapshot) = (&self.mean, &self.snapshot);
             model.with_params_mut(|p| {
                 for ((x, m), s) in p.iter_mut().zip(mean).zip(snapshot) {
@@ -125,7 +147,7 @@ impl NodeAlgo for Lasgd {
         }
         let snapshot = &mut self.snapshot;
         model.with_params_mut(|p| snapshot.copy_from_slice(p));
-        self.background.start(self.round, &self.snapshot);
+        self.background.start(self.round, &self.snapshot)?;
         self.pending = Some(self.round);
         self.round += 1;
         self.stats.bytes_written += self.ring.0;

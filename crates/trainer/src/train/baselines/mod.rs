@@ -76,7 +76,7 @@ pub(super) fn build(
         Algo::Adpsgd => boxed(adpsgd::nodes(cfg, neighbours, models, dim)?),
         Algo::Sgp => boxed(sgp::nodes(models, dim, clock)),
         Algo::Qsparse | Algo::QsparseAsync => boxed(qsparse::nodes(algo, cfg, models, dim, clock)?),
-        Algo::Lasgd => boxed(lasgd::nodes(cfg, models, dim)),
+        Algo::Lasgd => boxed(lasgd::nodes(cfg, models, dim, clock)),
         Algo::Elastic | Algo::ElasticEf => boxed(elastic::nodes(algo, cfg, models, dim)?),
         Algo::Swarm | Algo::Allreduce => {
             return Err(TrainError::Config(format!(
