@@ -128,7 +128,31 @@ pub(crate) fn safetensors_bytes(
                 .map_err(|e| format!("tensor {name}: {e}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| e.to_string())
+    let bytes = safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| e.to_string())?;
+    canonical_header(bytes)
+}
+
+/// The same safetensors bytes with the JSON header's keys sorted: the serializer writes the
+/// metadata in hash-map order, which differs from process to process, and the same run must give
+/// the same file. Data offsets are relative to the end of the header, so only the header changes
+/// (padded with spaces to a multiple of 8 bytes, as the format allows).
+fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    let bad = || "safetensors serializer wrote a malformed header".to_string();
+    let len_bytes: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(bad)?;
+    let header_len = usize::try_from(u64::from_le_bytes(len_bytes)).map_err(|_| bad())?;
+    let header = bytes.get(8..8 + header_len).ok_or_else(bad)?;
+    // serde_json's maps are ordered by key (no preserve_order feature).
+    let value: serde_json::Value = serde_json::from_slice(header).map_err(|_| bad())?;
+    let mut sorted = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+    sorted.resize(sorted.len().div_ceil(8) * 8, b' ');
+    let mut out = Vec::with_capacity(8 + sorted.len() + bytes.len() - 8 - header_len);
+    out.extend_from_slice(&(sorted.len() as u64).to_le_bytes());
+    out.extend_from_slice(&sorted);
+    out.extend_from_slice(&bytes[8 + header_len..]);
+    Ok(out)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory, flushed to disk
@@ -659,6 +683,28 @@ mod tests {
         };
         save(&path, &flat).unwrap();
         assert_eq!(load(&path).unwrap(), flat);
+    }
+
+    /// Every hash map iterates in its own order; the file must not.
+    #[test]
+    fn the_same_tensors_and_metadata_give_the_same_bytes() {
+        let metadata = || -> HashMap<String, String> {
+            (0..16)
+                .map(|k| (format!("key{k}"), format!("value {k}")))
+                .collect()
+        };
+        let values = [1.0f32, -2.5, 3.25];
+        let tensors = [("w".to_string(), vec![3], &values[..])];
+        let first = safetensors_bytes(&tensors, metadata()).unwrap();
+        for _ in 0..8 {
+            assert_eq!(safetensors_bytes(&tensors, metadata()).unwrap(), first);
+        }
+        let header_len = u64::from_le_bytes(first[..8].try_into().unwrap()) as usize;
+        assert_eq!(header_len % 8, 0);
+        let (_, meta) = SafeTensors::read_metadata(&first).unwrap();
+        assert_eq!(meta.metadata().clone().unwrap(), metadata());
+        let read = SafeTensors::deserialize(&first).unwrap();
+        assert_eq!(read.tensor("w").unwrap().data(), &le_bytes(&values)[..]);
     }
 
     #[test]
