@@ -27,35 +27,11 @@ interaction="${INTERACTION:-pairwise}"
 ranks=4
 batch=32
 
-[ "$(id -u)" -eq 0 ] || { echo "bench-overlap: needs root (ip netns, tc)" >&2; exit 2; }
-command -v tc >/dev/null || { echo "bench-overlap: tc missing: apt-get install iproute2" >&2; exit 2; }
-echo "bench-overlap: building swarm and launcher (release)" >&2
-[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --quiet -p trainer -p launcher --bins
-target="${CARGO_TARGET_DIR:-$root/target}"
-swarm="$target/release/swarm"
-launcher="$target/release/launcher"
-
-ns="swarm-bench-$$"
-work="$(mktemp -d /tmp/bench-overlap.XXXXXX)"
-cleanup() {
-  ip netns del "$ns" 2>/dev/null || true
-  [ "${KEEP:-0}" = 1 ] && echo "bench-overlap: runs kept in $work" >&2 || rm -rf "$work"
-}
-trap cleanup EXIT
-ip netns add "$ns"
-ip netns exec "$ns" ip link set lo up
-
-# set_rate GBIT: the namespace's loopback carries at most GBIT Gbit/s (all ranks share it, as
-# ranks share a NIC); 0 removes the limit. The bucket holds 2 ms of traffic (at least 256 KB), so
-# bursts stay short beside a 6.5 MB model.
-set_rate() {
-  ip netns exec "$ns" tc qdisc del dev lo root 2>/dev/null || true
-  if [ "$1" != 0 ]; then
-    local burst
-    burst="$(python3 -c "print(max(262144, int(float('$1') * 1e9 / 8 * 0.002)))")"
-    ip netns exec "$ns" tc qdisc add dev lo root tbf rate "${1}gbit" burst "$burst" latency 200ms
-  fi
-}
+NETNS_TOOL=bench-overlap
+source "$root/tools/netns-lib.sh"
+netns_require_root
+netns_build
+netns_create
 
 # run NAME LOCAL_STEPS [swarm train flags...]: 4 ranks in the namespace; prints "steps_per_s staleness_mean
 # staleness_max bytes_per_interaction interactions".
@@ -63,15 +39,9 @@ run() {
   local name="$1" local_steps="$2"
   shift 2
   local out="$work/$name"
-  ip netns exec "$ns" "$launcher" local -n "$ranks" --master-addr 127.0.0.1 --timeout 900 \
-    --summary "$out.json" -- \
-    "$swarm" train --transport tcp --model "$model" --local-steps "$local_steps" --interaction "$interaction" \
-    --batch-size "$batch" --train-subset "$((steps * ranks * batch))" --epochs 1 --test-subset 1000 \
-    --lr 0.05 --lr-schedule constant --seed 5 --quiet --out "$out" "$@" >"$out.log" 2>&1 || {
-    echo "bench-overlap: run $name failed; its log:" >&2
-    tail -n 30 "$out.log" >&2
-    exit 1
-  }
+  netns_ranks "$out" "$ranks" --model "$model" --local-steps "$local_steps" \
+    --interaction "$interaction" --batch-size "$batch" --train-subset "$((steps * ranks * batch))" \
+    --epochs 1 --test-subset 1000 --lr 0.05 --lr-schedule constant --seed 5 "$@"
   python3 - "$out" "$ranks" <<'EOF'
 import json, sys
 out, ranks = sys.argv[1], int(sys.argv[2])
@@ -89,7 +59,7 @@ print(f"{sum(rates)/len(rates):.3f} {stale/max(copies,1):.2f} {smax} {bytes_/max
 EOF
 }
 
-set_rate 0
+netns_set_rate 0
 echo "bench-overlap: $ranks ranks, $model, H = $h, $interaction, $steps steps per rank" >&2
 read -r alone _ _ _ _ < <(run alone 1000000000)
 echo "bench-overlap: alone: $alone steps/s per rank" >&2
@@ -98,7 +68,7 @@ printf '%-10s %-9s %12s %12s %14s %14s\n' "rate" "mode" "steps/s" "of alone" "st
 printf '%-10s %-9s %12.2f %12s %14s %14s\n' "-" "alone" "$alone" "1.00" "-" "-"
 best=""
 for rate in "${rates[@]}"; do
-  set_rate "$rate"
+  netns_set_rate "$rate"
   read -r off off_mean off_max bpi off_inter < <(run "off-$rate" "$h" --overlap off)
   read -r on on_mean on_max _ on_inter < <(run "on-$rate" "$h" --overlap on)
   for row in "blocking $off $off_mean $off_max" "overlap $on $on_mean $on_max"; do

@@ -37,6 +37,9 @@ pub struct LinkModel {
     pub latency_seconds: f64,
     /// Bandwidth of each NIC, bits per second.
     pub bits_per_second: f64,
+    /// All messages share one link of this bandwidth (a loopback interface, a hub) instead of
+    /// each node having its own NIC.
+    pub shared_medium: bool,
 }
 
 /// `(name, latency in microseconds, Gbit/s)` of the network presets.
@@ -58,6 +61,7 @@ impl LinkModel {
                 name: n.into(),
                 latency_seconds: us * 1e-6,
                 bits_per_second: gbps * 1e9,
+                shared_medium: false,
             })
     }
 
@@ -122,6 +126,7 @@ struct SpecFile {
     network: Option<String>,
     latency_us: Option<f64>,
     gbps: Option<f64>,
+    shared_medium: Option<bool>,
     step: Option<String>,
     speed: Option<Vec<f64>>,
     jitter: Option<String>,
@@ -139,6 +144,7 @@ struct StragglersFile {
 
 const SPEC_HELP: &str = "a cluster is a TOML file, or a preset name (ib-hdr, ib-edr, 100gbe, \
     25gbe, 10gbe) or net:LATENCY_US:GBPS, optionally followed by comma-separated items: \
+    shared (every message crosses one shared link, like a loopback interface), \
     fixed:MS or measured (step time), lognormal:SIGMA (jitter), \
     stragglers:FRACTION:FACTOR[:PERIOD_S] (slow nodes, persistent or re-drawn every PERIOD_S \
     virtual seconds), eval:SECONDS; e.g. 10gbe,fixed:5,stragglers:0.1:4";
@@ -171,6 +177,7 @@ impl ClusterSpec {
             let (key, value) = item.split_once(':').unwrap_or((item, ""));
             match key {
                 "fixed" | "measured" => file.step = Some(item.to_string()),
+                "shared" => file.shared_medium = Some(true),
                 "lognormal" => file.jitter = Some(item.to_string()),
                 "eval" => file.eval_every_seconds = Some(number(value, text)?),
                 "stragglers" => {
@@ -197,7 +204,7 @@ impl ClusterSpec {
     }
 
     fn from_file(file: SpecFile) -> Result<ClusterSpec, String> {
-        let network = match (file.network, file.latency_us, file.gbps) {
+        let mut network = match (file.network, file.latency_us, file.gbps) {
             (Some(name), None, None) => LinkModel::preset(&name)
                 .ok_or_else(|| format!("unknown network '{name}'; {SPEC_HELP}"))?,
             (None, Some(us), Some(gbps)) => {
@@ -211,6 +218,7 @@ impl ClusterSpec {
                     name: "custom".into(),
                     latency_seconds: us * 1e-6,
                     bits_per_second: gbps * 1e9,
+                    shared_medium: false,
                 }
             }
             _ => {
@@ -219,6 +227,7 @@ impl ClusterSpec {
                 ))
             }
         };
+        network.shared_medium = file.shared_medium.unwrap_or(false);
         let step = match file.step.as_deref() {
             None | Some("measured") => StepTime::Measured,
             Some(s) => match s.strip_prefix("fixed:").map(str::parse::<f64>) {
@@ -609,6 +618,11 @@ impl VirtualClock {
     pub(crate) fn message(&self, from: usize, to: usize, bytes: u64, start: Nanos) -> Nanos {
         let mut state = self.lock();
         let wire = nanos(self.link.wire_seconds(bytes));
+        let (from, to) = if self.link.shared_medium {
+            (0, 0)
+        } else {
+            (from, to)
+        };
         let begin = start.max(state.tx_free[from]).max(state.rx_free[to]);
         let end = begin + wire;
         state.tx_free[from] = end;
@@ -811,8 +825,9 @@ mod tests {
                 period_seconds: None
             })
         );
-        let custom = ClusterSpec::parse("net:3:40,measured,stragglers:0.5:2:1.5").unwrap();
+        let custom = ClusterSpec::parse("net:3:40,shared,measured,stragglers:0.5:2:1.5").unwrap();
         assert_eq!(custom.network.bits_per_second, 40e9);
+        assert!(custom.network.shared_medium && !spec.network.shared_medium);
         assert_eq!(custom.step, StepTime::Measured);
         assert_eq!(custom.stragglers.and_then(|s| s.period_seconds), Some(1.5));
         for (bad, says) in [
@@ -876,10 +891,11 @@ mod tests {
 
     #[test]
     fn messages_serialize_on_each_nic_and_a_ring_costs_2_n_minus_1_steps() {
-        let link = LinkModel {
+        let mut link = LinkModel {
             name: "t".into(),
             latency_seconds: 1e-6,
             bits_per_second: 8e9,
+            shared_medium: false,
         };
         let clock = VirtualClock::new(3, link.clone());
         // 1000 bytes at 1 GB/s: 1 us on the wire, plus 1 us of latency.
@@ -890,6 +906,11 @@ mod tests {
         assert_eq!(clock.read(2, 1, 1000, 0), 4_000);
         let ring = link.ring_allreduce_seconds(4, 4000);
         assert!((ring - 6.0 * (1e-6 + 1e-6)).abs() < 1e-12, "{ring}");
+        // On a shared medium, messages between distinct pairs queue behind each other too.
+        link.shared_medium = true;
+        let shared = VirtualClock::new(4, link);
+        assert_eq!(shared.message(0, 1, 1000, 0), 2_000);
+        assert_eq!(shared.message(2, 3, 1000, 0), 3_000);
     }
 
     /// Three threads advance by different steps; their turns come in virtual-time order and a
