@@ -21,6 +21,13 @@
 //! seed = [1, 2, 3]
 //! ```
 //!
+//! Groups of emulated runs (`cluster = "..."` in the base or the matrix, see `swarm train
+//! --cluster`) are reported in virtual time instead: time to a target accuracy and accuracy at a
+//! time budget (group keys `target` and `budget_seconds`), and plots against virtual time. With
+//! `section = "NAME"`, the report replaces only the part of the `report` file between
+//! `<!-- begin NAME -->` and `<!-- end NAME -->` (appended when absent), so two experiments can
+//! share one file.
+//!
 //! Each run's directory is named by a hash of its full configuration: a run that already finished
 //! (its `summary.json` exists) is read back instead of trained again, so an interrupted experiment
 //! resumes where it stopped and groups that share a configuration share the run.
@@ -36,6 +43,8 @@ use crate::config::TrainConfig;
 use crate::netmodel::NETWORKS;
 use crate::plot::{line_chart, Chart, Series};
 use crate::TrainError;
+
+mod virtual_time;
 
 /// Flags of `swarm experiment`.
 #[derive(Debug, Clone, Args)]
@@ -72,6 +81,8 @@ pub struct ExperimentFile {
     pub out: PathBuf,
     /// Markdown report path (default `OUT/results.md`).
     pub report: Option<PathBuf>,
+    /// Write the report as this named section of the report file, keeping the rest of it.
+    pub section: Option<String>,
     /// Settings shared by every run.
     #[serde(default)]
     pub base: toml::Table,
@@ -93,6 +104,11 @@ pub struct Group {
     /// Settings that pick the reference configuration of the group's comparisons.
     #[serde(default)]
     pub reference: toml::Table,
+    /// Emulated runs: the test accuracy (a fraction) whose first crossing is timed.
+    pub target: Option<f64>,
+    /// Emulated runs: the virtual time at which accuracies are compared (default: the earliest
+    /// end of the group's runs).
+    pub budget_seconds: Option<f64>,
 }
 
 /// One finished run.
@@ -113,7 +129,10 @@ pub struct RunResult {
     /// Training seconds on this machine.
     pub train_seconds: f64,
     /// Per epoch: (epoch, test accuracy, bytes so far, modelled seconds so far on each network).
+    /// Emulated runs: per evaluation instant, with no modelled seconds.
     pub curve: Vec<(usize, f64, u64, Vec<f64>)>,
+    /// Emulated runs: the virtual seconds of each row of `curve` (empty for real runs).
+    pub virtual_seconds: Vec<f64>,
     /// Mean over nodes of compute and wait seconds.
     pub compute_wait: (f64, f64),
     /// Run directory.
@@ -123,7 +142,10 @@ pub struct RunResult {
 impl RunResult {
     /// Modelled seconds of the whole run on network `k` of [`NETWORKS`].
     pub fn modelled(&self, k: usize) -> f64 {
-        self.curve.last().map_or(f64::NAN, |c| c.3[k])
+        self.curve
+            .last()
+            .and_then(|c| c.3.get(k).copied())
+            .unwrap_or(f64::NAN)
     }
 }
 
@@ -246,8 +268,12 @@ pub fn run(args: &ExperimentArgs) -> Result<Vec<RunResult>, TrainError> {
     let mut results = Vec::new();
     for (group, label, cfg) in planned {
         bar.set_message(format!("{group}: {label} seed {}", cfg.seed));
-        let done =
-            cfg.out.join("summary.json").exists() && cfg.out.join("accounting.json").exists();
+        let times = if cfg.cluster.is_some() {
+            "cluster.json"
+        } else {
+            "accounting.json"
+        };
+        let done = cfg.out.join("summary.json").exists() && cfg.out.join(times).exists();
         if !done {
             let resolved = cfg.clone().validate()?;
             crate::train::train_accounted(&resolved).map_err(|e| {
@@ -287,19 +313,42 @@ fn read_run(group: &str, label: &str, config: TrainConfig) -> Result<RunResult, 
         compute_seconds: f64,
         wait_seconds: f64,
     }
-    let accounting: Vec<Epoch> =
-        serde_json::from_str(&read("accounting.json")?).map_err(|e| bad("accounting.json", &e))?;
+    let emulated = config.cluster.is_some();
+    let accounting: Vec<Epoch> = if emulated {
+        Vec::new()
+    } else {
+        serde_json::from_str(&read("accounting.json")?).map_err(|e| bad("accounting.json", &e))?
+    };
     let metrics = read("metrics.csv")?;
     let mut curve = Vec::new();
-    for (line, acc) in metrics.lines().skip(1).zip(&accounting) {
+    let mut virtual_seconds = Vec::new();
+    let no_accounting = Epoch {
+        modelled_seconds: Vec::new(),
+        nodes: Vec::new(),
+    };
+    let accounts = accounting
+        .iter()
+        .map(Some)
+        .chain(std::iter::repeat(None))
+        .take(if emulated {
+            usize::MAX
+        } else {
+            accounting.len()
+        });
+    for (line, acc) in metrics.lines().skip(1).zip(accounts) {
+        let acc = acc.unwrap_or(&no_accounting);
         let f: Vec<&str> = line.split(',').collect();
-        let (Some(epoch), Some(accuracy), Some(bytes)) = (
+        let (Some(epoch), Some(accuracy), Some(seconds), Some(bytes)) = (
             f.first().and_then(|v| v.parse().ok()),
             f.get(3).and_then(|v| v.parse().ok()),
+            f.get(4).and_then(|v| v.parse::<f64>().ok()),
             f.get(5).and_then(|v| v.parse().ok()),
         ) else {
             return Err(bad("metrics.csv", &line));
         };
+        if emulated {
+            virtual_seconds.push(seconds);
+        }
         let times = NETWORKS
             .iter()
             .map(|n| {
@@ -328,6 +377,7 @@ fn read_run(group: &str, label: &str, config: TrainConfig) -> Result<RunResult, 
             last.iter().map(|a| a.wait_seconds).sum::<f64>() / k,
         ),
         curve,
+        virtual_seconds,
         config,
         dir,
     })
@@ -345,12 +395,12 @@ fn write_csv(out: &Path, results: &[RunResult]) -> Result<(), TrainError> {
     for n in NETWORKS {
         let _ = write!(csv, ",modelled_seconds_{}", n.name);
     }
-    csv.push_str(",run_dir\n");
+    csv.push_str(",virtual_seconds,run_dir\n");
     let mut curves = String::from("group,label,seed,epoch,test_accuracy,bytes_sent_total");
     for n in NETWORKS {
         let _ = write!(curves, ",modelled_seconds_{}", n.name);
     }
-    curves.push('\n');
+    curves.push_str(",virtual_seconds\n");
     for r in results {
         let c = &r.config;
         let _ = write!(
@@ -379,17 +429,31 @@ fn write_csv(out: &Path, results: &[RunResult]) -> Result<(), TrainError> {
         for k in 0..NETWORKS.len() {
             let _ = write!(csv, ",{:.4}", r.modelled(k));
         }
-        let _ = writeln!(csv, ",{}", r.dir.display());
-        for (epoch, acc, bytes, times) in &r.curve {
+        let end = r
+            .virtual_seconds
+            .last()
+            .map_or(String::new(), |t| format!("{t:.6}"));
+        let _ = writeln!(csv, ",{end},{}", r.dir.display());
+        for (k, (epoch, acc, bytes, times)) in r.curve.iter().enumerate() {
             let _ = write!(
                 curves,
                 "{},{},{},{epoch},{acc:.6},{bytes}",
                 r.group, r.label, c.seed
             );
-            for t in times {
-                let _ = write!(curves, ",{t:.4}");
+            for k in 0..NETWORKS.len() {
+                match times.get(k) {
+                    Some(t) => {
+                        let _ = write!(curves, ",{t:.4}");
+                    }
+                    None => curves.push(','),
+                }
             }
-            curves.push('\n');
+            match r.virtual_seconds.get(k) {
+                Some(t) => {
+                    let _ = writeln!(curves, ",{t:.6}");
+                }
+                None => curves.push_str(",\n"),
+            }
         }
     }
     let p = out.join("results.csv");
@@ -454,6 +518,10 @@ fn plot_groups(
     for g in &file.group {
         let labels = by_label(results, &g.name);
         if labels.is_empty() {
+            continue;
+        }
+        if virtual_time::is_emulated(&labels) {
+            all.push((g.name.clone(), virtual_time::plot_group(out, g, &labels)?));
             continue;
         }
         let title = g.title.clone().unwrap_or_else(|| g.name.clone());
@@ -610,6 +678,16 @@ fn write_report(
                     cfg.and_then(|c| c.get(k).cloned()).as_ref() == Some(v)
                 })
         });
+        if virtual_time::is_emulated(&labels) {
+            virtual_time::write_group(&mut md, g, &labels, reference.map(|(l, _)| l.as_str()));
+            if let Some((_, files)) = plots.iter().find(|(name, _)| *name == g.name) {
+                for f in files {
+                    let _ = writeln!(md, "![{f}]({})", relative(report, &out.join(f)));
+                }
+                md.push('\n');
+            }
+            continue;
+        }
         let reference = reference.map(|(_, runs)| {
             (
                 mean_std(&runs.iter().map(|r| r.accuracy).collect::<Vec<_>>()).0,
@@ -675,7 +753,19 @@ fn write_report(
         std::fs::create_dir_all(dir)
             .map_err(|e| TrainError::Output(format!("cannot create {}: {e}", dir.display())))?;
     }
-    std::fs::write(report, md)
+    let existing = std::fs::read_to_string(report).unwrap_or_default();
+    let text = match &file.section {
+        Some(name) => virtual_time::splice_section(&existing, name, &md),
+        None => {
+            // Sections other experiments wrote into this file stay, after the new text.
+            let mut text = md;
+            for section in virtual_time::marked_sections(&existing) {
+                let _ = write!(text, "\n{section}\n");
+            }
+            text
+        }
+    };
+    std::fs::write(report, text)
         .map_err(|e| TrainError::Output(format!("cannot write {}: {e}", report.display())))
 }
 
@@ -762,6 +852,72 @@ seed = 1
             results.iter().map(|r| r.accuracy).collect::<Vec<_>>(),
             again.iter().map(|r| r.accuracy).collect::<Vec<_>>()
         );
+    }
+
+    const EMULATED: &str = r#"
+title = "emulated"
+out = "OUT"
+report = "OUT/report.md"
+section = "cluster"
+[base]
+nodes = 4
+epochs = 1
+batch_size = 25
+topology = "hypercube"
+cluster = "10gbe,fixed:2,stragglers:0.25:4"
+[[group]]
+name = "c"
+reference = { algo = "allreduce" }
+target = 0.5
+[group.matrix]
+algo = ["allreduce", "swarm"]
+seed = [1, 2]
+"#;
+
+    /// Emulated groups are timed in virtual seconds; their report is a section of the file.
+    #[test]
+    fn emulated_groups_report_time_to_target_in_a_section_of_the_report() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&out).expect("mkdir");
+        std::fs::write(out.join("report.md"), "# Kept\n\ntext\n").expect("write");
+        let results = run(&args(write(dir.path(), EMULATED))).expect("experiment");
+        assert_eq!(results.len(), 4);
+        for r in &results {
+            assert_eq!(r.virtual_seconds.len(), r.curve.len());
+            let times = &r.virtual_seconds;
+            assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+            let t = virtual_time::time_to(r, 0.5).expect("reaches 50%");
+            let reached = r.curve.iter().zip(times).find(|(c, _)| c.1 >= 0.5);
+            assert_eq!(reached.map(|(_, t)| *t), Some(t));
+        }
+        // With a straggler, all-reduce waits for it at every step; SwarmSGD does not.
+        let end = |algo: crate::config::Algo| {
+            results
+                .iter()
+                .filter(|r| r.config.algo == algo)
+                .map(|r| *r.virtual_seconds.last().expect("rows"))
+                .fold(0.0, f64::max)
+        };
+        assert!(end(crate::config::Algo::Swarm) < end(crate::config::Algo::Allreduce) / 2.0);
+        let md = std::fs::read_to_string(out.join("report.md")).expect("report");
+        assert!(
+            md.starts_with("# Kept\n\ntext\n\n<!-- begin cluster -->"),
+            "{md}"
+        );
+        assert!(md.contains("| time to 50.0% |"), "{md}");
+        assert!(
+            md.contains("| algo=allreduce | 2 |") && md.contains(" 1.00x |"),
+            "{md}"
+        );
+        assert!(md.contains("](c-virtual-time.png)"));
+        assert!(out.join("c-virtual-time.png").exists());
+        let curves = std::fs::read_to_string(out.join("curves.csv")).expect("curves");
+        assert!(curves
+            .lines()
+            .next()
+            .expect("header")
+            .ends_with(",virtual_seconds"));
     }
 
     #[test]

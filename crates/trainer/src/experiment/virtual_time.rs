@@ -1,0 +1,251 @@
+//! The report of groups of emulated runs (`--cluster`): time to a target accuracy and accuracy at a
+//! time budget, in virtual seconds, and plots against virtual time.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::{human_bits, mean_std, seed_series, Group, RunResult};
+use crate::plot::{line_chart, Chart};
+use crate::TrainError;
+
+/// Whether a group's runs are emulated.
+pub(super) fn is_emulated(runs: &[(String, Vec<&RunResult>)]) -> bool {
+    runs.iter()
+        .flat_map(|(_, r)| r.iter())
+        .any(|r| r.config.cluster.is_some())
+}
+
+/// The virtual time at which `run` first reached `target` accuracy, if it did.
+pub(super) fn time_to(run: &RunResult, target: f64) -> Option<f64> {
+    run.curve
+        .iter()
+        .zip(&run.virtual_seconds)
+        .find(|((_, acc, _, _), _)| *acc >= target)
+        .map(|(_, t)| *t)
+}
+
+/// The accuracy of `run` at virtual time `budget`: its last evaluation at or before it (its first
+/// if none was).
+pub(super) fn accuracy_at(run: &RunResult, budget: f64) -> f64 {
+    run.curve
+        .iter()
+        .zip(&run.virtual_seconds)
+        .take_while(|(_, t)| **t <= budget + 1e-12)
+        .last()
+        .or_else(|| run.curve.iter().zip(&run.virtual_seconds).next())
+        .map_or(f64::NAN, |((_, acc, _, _), _)| *acc)
+}
+
+fn end_seconds(run: &RunResult) -> f64 {
+    run.virtual_seconds.last().copied().unwrap_or(f64::NAN)
+}
+
+/// The group's target accuracy (default 0.8) and budget (default: the earliest end of its runs).
+pub(super) fn target_and_budget(g: &Group, runs: &[(String, Vec<&RunResult>)]) -> (f64, f64) {
+    let budget = g.budget_seconds.unwrap_or_else(|| {
+        runs.iter()
+            .flat_map(|(_, r)| r.iter())
+            .map(|r| end_seconds(r))
+            .fold(f64::INFINITY, f64::min)
+    });
+    (g.target.unwrap_or(0.8), budget)
+}
+
+fn seconds(s: f64) -> String {
+    if s < 1.0 {
+        format!("{:.1} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+/// The table of one group of emulated runs.
+pub(super) fn write_group(
+    md: &mut String,
+    g: &Group,
+    labels: &[(String, Vec<&RunResult>)],
+    reference: Option<&str>,
+) {
+    let (target, budget) = target_and_budget(g, labels);
+    let _ = writeln!(
+        md,
+        "| run | seeds | final accuracy (%) | virtual time | time to {:.1}% | accuracy at {} (%) | bits sent / node |{}",
+        100.0 * target,
+        seconds(budget),
+        if reference.is_some() {
+            " time to target vs reference |"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        md,
+        "|---|---|---|---|---|---|---|{}",
+        if reference.is_some() { "---|" } else { "" }
+    );
+    let mean_time_to = |runs: &[&RunResult]| -> (Option<f64>, f64, usize) {
+        let reached: Vec<f64> = runs.iter().filter_map(|r| time_to(r, target)).collect();
+        if reached.is_empty() {
+            return (None, 0.0, 0);
+        }
+        let (m, s) = mean_std(&reached);
+        (Some(m), s, reached.len())
+    };
+    let reference_time = reference
+        .and_then(|name| labels.iter().find(|(l, _)| l == name))
+        .and_then(|(_, runs)| mean_time_to(runs).0);
+    for (label, runs) in labels {
+        let acc: Vec<f64> = runs.iter().map(|r| 100.0 * r.accuracy).collect();
+        let (am, asd) = mean_std(&acc);
+        let end = mean_std(&runs.iter().map(|r| end_seconds(r)).collect::<Vec<_>>()).0;
+        let at: Vec<f64> = runs
+            .iter()
+            .map(|r| 100.0 * accuracy_at(r, budget))
+            .collect();
+        let (bm, bsd) = mean_std(&at);
+        let bits = mean_std(
+            &runs
+                .iter()
+                .map(|r| 8.0 * r.bytes as f64 / r.config.nodes.max(1) as f64)
+                .collect::<Vec<_>>(),
+        )
+        .0;
+        let (tt, tsd, reached) = mean_time_to(runs);
+        let tt_text = match tt {
+            Some(t) if reached == runs.len() => format!("{} ± {}", seconds(t), seconds(tsd)),
+            Some(t) => format!(
+                "{} ± {} ({reached}/{} reached)",
+                seconds(t),
+                seconds(tsd),
+                runs.len()
+            ),
+            None => "not reached".to_string(),
+        };
+        let _ = write!(
+            md,
+            "| {label} | {} | {am:.2} ± {asd:.2} | {} | {tt_text} | {bm:.2} ± {bsd:.2} | {} |",
+            runs.len(),
+            seconds(end),
+            human_bits(bits),
+        );
+        if reference.is_some() {
+            match (tt, reference_time) {
+                (Some(t), Some(r)) if reached == runs.len() => {
+                    let _ = write!(md, " {:.2}x |", t / r);
+                }
+                _ => md.push_str(" - |"),
+            }
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+}
+
+/// Test accuracy against virtual time and against bits sent, one line per label.
+pub(super) fn plot_group(
+    out: &Path,
+    g: &Group,
+    labels: &[(String, Vec<&RunResult>)],
+) -> Result<Vec<String>, TrainError> {
+    let title = g.title.clone().unwrap_or_else(|| g.name.clone());
+    let time: Vec<_> = labels
+        .iter()
+        .map(|(l, runs)| seed_series(l, runs, |r, e| r.virtual_seconds[e]))
+        .collect();
+    let bits: Vec<_> = labels
+        .iter()
+        .map(|(l, runs)| {
+            seed_series(l, runs, |r, e| {
+                8.0 * r.curve[e].2 as f64 / r.config.nodes.max(1) as f64
+            })
+        })
+        .collect();
+    let mut files = Vec::new();
+    for (suffix, chart_title, x_label, log_x, series) in [
+        (
+            "virtual-time",
+            format!("{title}: test accuracy by virtual time"),
+            "virtual seconds on the emulated cluster",
+            false,
+            time,
+        ),
+        (
+            "bits",
+            format!("{title}: test accuracy by bits sent"),
+            "bits sent per node",
+            true,
+            bits,
+        ),
+    ] {
+        let name = format!("{}-{suffix}.png", g.name);
+        line_chart(
+            &out.join(&name),
+            &Chart {
+                title: &chart_title,
+                x_label,
+                y_label: "test accuracy of the averaged model (%)",
+                log_x,
+                log_y: false,
+            },
+            &series,
+        )?;
+        files.push(name);
+    }
+    Ok(files)
+}
+
+/// `text` as section `name` of `existing`: between its markers, replacing what was there, or
+/// appended.
+pub(super) fn splice_section(existing: &str, name: &str, text: &str) -> String {
+    let begin = format!("<!-- begin {name} -->");
+    let end = format!("<!-- end {name} -->");
+    let block = format!("{begin}\n{}\n{end}", text.trim_end());
+    match (existing.find(&begin), existing.find(&end)) {
+        (Some(b), Some(e)) if e > b => {
+            format!("{}{block}{}", &existing[..b], &existing[e + end.len()..])
+        }
+        _ if existing.trim().is_empty() => format!("{block}\n"),
+        _ => format!("{}\n\n{block}\n", existing.trim_end()),
+    }
+}
+
+/// The marked sections of `existing` (as [`splice_section`] writes them), to keep when the rest of
+/// the file is rewritten.
+pub(super) fn marked_sections(existing: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = existing;
+    while let Some(b) = rest.find("<!-- begin ") {
+        let after = &rest[b + "<!-- begin ".len()..];
+        let Some(close) = after.find(" -->") else {
+            break;
+        };
+        let name = &after[..close];
+        let end = format!("<!-- end {name} -->");
+        let Some(e) = rest[b..].find(&end) else { break };
+        out.push(rest[b..b + e + end.len()].to_string());
+        rest = &rest[b + e + end.len()..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_are_replaced_in_place_appended_when_new_and_kept_by_a_full_rewrite() {
+        let once = splice_section("# Results\n\nintro\n", "cluster", "## Cluster\nv1\n");
+        assert_eq!(
+            once,
+            "# Results\n\nintro\n\n<!-- begin cluster -->\n## Cluster\nv1\n<!-- end cluster -->\n"
+        );
+        let twice = splice_section(&once, "cluster", "## Cluster\nv2");
+        assert!(twice.contains("v2") && !twice.contains("v1"), "{twice}");
+        assert!(twice.starts_with("# Results\n\nintro\n\n<!-- begin cluster -->"));
+        assert_eq!(
+            marked_sections(&twice),
+            vec!["<!-- begin cluster -->\n## Cluster\nv2\n<!-- end cluster -->".to_string()]
+        );
+        assert!(marked_sections("no sections").is_empty());
+    }
+}
