@@ -19,6 +19,10 @@
 //! algo = "swarm"
 //! local_steps = ["1", "2", "4", "8"]
 //! seed = [1, 2, 3]
+//! [[group.variant]]             # optional: settings that go together, each crossed with the matrix
+//! name = "H = 8, lr 0.1"        # its label in the tables
+//! local_steps = "8"
+//! lr = 0.1
 //! ```
 //!
 //! Groups of emulated runs (`cluster = "..."` in the base or the matrix, see `swarm train
@@ -101,6 +105,10 @@ pub struct Group {
     pub title: Option<String>,
     /// Settings: lists are crossed, scalars set.
     pub matrix: toml::Table,
+    /// Configurations that differ in several settings at once (e.g. each algorithm with its own
+    /// learning rate), each crossed with the matrix; an optional `name` key labels it.
+    #[serde(default)]
+    pub variant: Vec<toml::Table>,
     /// Settings that pick the reference configuration of the group's comparisons.
     #[serde(default)]
     pub reference: toml::Table,
@@ -162,6 +170,54 @@ pub fn load(path: &Path) -> Result<ExperimentFile, TrainError> {
         return Err(cfg_err(path, "no [[group]] of runs".into()));
     }
     Ok(file)
+}
+
+/// The runs of a group: `base` with each variant's settings (or alone, without variants), crossed
+/// with `matrix`'s lists. Returns each run's settings and label.
+fn expand_group(
+    base: &toml::Table,
+    variants: &[toml::Table],
+    matrix: &toml::Table,
+) -> Vec<(toml::Table, String)> {
+    if variants.is_empty() {
+        let (tables, varying) = expand(base, matrix);
+        return tables
+            .into_iter()
+            .map(|t| {
+                let l = label(&t, &varying);
+                (t, l)
+            })
+            .collect();
+    }
+    let mut runs = Vec::new();
+    for variant in variants {
+        let mut settings = base.clone();
+        let mut name = None;
+        for (k, v) in variant {
+            if k == "name" {
+                name = Some(show(v));
+            } else {
+                settings.insert(k.clone(), v.clone());
+            }
+        }
+        let name = name.unwrap_or_else(|| {
+            variant
+                .iter()
+                .map(|(k, v)| format!("{k}={}", show(v)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
+        let (tables, varying) = expand(&settings, matrix);
+        for t in tables {
+            let l = if varying.is_empty() {
+                name.clone()
+            } else {
+                format!("{name} {}", label(&t, &varying))
+            };
+            runs.push((t, l));
+        }
+    }
+    runs
 }
 
 /// The cross product of `matrix`'s lists over `base`: one table per run, plus the keys that vary.
@@ -234,8 +290,7 @@ pub fn run(args: &ExperimentArgs) -> Result<Vec<RunResult>, TrainError> {
     // Expand and validate everything before the first run.
     let mut planned = Vec::new();
     for g in &file.group {
-        let (tables, varying) = expand(&file.base, &g.matrix);
-        for t in tables {
+        for (t, run_label) in expand_group(&file.base, &g.variant, &g.matrix) {
             let mut cfg: TrainConfig = toml::Value::Table(t.clone())
                 .try_into()
                 .map_err(|e| cfg_err(&args.file, format!("group '{}': {e}", g.name)))?;
@@ -251,7 +306,7 @@ pub fn run(args: &ExperimentArgs) -> Result<Vec<RunResult>, TrainError> {
             cfg.clone()
                 .validate()
                 .map_err(|e| cfg_err(&args.file, format!("group '{}': {e}", g.name)))?;
-            planned.push((g.name.clone(), label(&t, &varying), cfg));
+            planned.push((g.name.clone(), run_label, cfg));
         }
     }
     std::fs::create_dir_all(out.join("runs"))
@@ -870,8 +925,14 @@ name = "c"
 reference = { algo = "allreduce" }
 target = 0.5
 [group.matrix]
-algo = ["allreduce", "swarm"]
 seed = [1, 2]
+[[group.variant]]
+name = "all-reduce"
+algo = "allreduce"
+lr = 0.5
+[[group.variant]]
+algo = "swarm"
+lr = 0.3
 "#;
 
     /// Emulated groups are timed in virtual seconds; their report is a section of the file.
@@ -907,9 +968,15 @@ seed = [1, 2]
         );
         assert!(md.contains("| time to 50.0% |"), "{md}");
         assert!(
-            md.contains("| algo=allreduce | 2 |") && md.contains(" 1.00x |"),
+            md.contains("| all-reduce | 2 |") && md.contains(" 1.00x |"),
             "{md}"
         );
+        assert!(md.contains("| algo=swarm lr=0.3 | 2 |"), "{md}");
+        let allreduce = results
+            .iter()
+            .find(|r| r.config.algo == crate::config::Algo::Allreduce)
+            .expect("all-reduce runs");
+        assert_eq!(allreduce.config.lr, 0.5);
         assert!(md.contains("](c-virtual-time.png)"));
         assert!(out.join("c-virtual-time.png").exists());
         let curves = std::fs::read_to_string(out.join("curves.csv")).expect("curves");
