@@ -1,7 +1,7 @@
 //! `swarm train --cluster SPEC`: the in-process nodes run in virtual time (see [`crate::vtime`]).
 //!
 //! The nodes are the in-process run's: the same models, data, minibatch streams and algorithms
-//! ([`super::build_nodes`]), stepped by the same [`Stepper`]. What changes is time. Each local step
+//! (`build_nodes`), stepped by the same `worker::Stepper`. What changes is time. Each local step
 //! takes the time the cluster's compute model gives; SwarmSGD's reads and writes go through
 //! [`VirtualLink`], so a read lands when the emulated network delivers it and holds the partner's
 //! window as it was at that instant; the synchronous baselines' barriers are collectives costed
