@@ -331,7 +331,7 @@ pub struct TrainArgs {
     /// the time the cluster gives them. A network preset (ib-hdr, ib-edr, 100gbe, 25gbe, 10gbe)
     /// or net:LATENCY_US:GBPS, then optional items: shared (one link for all messages, like a
     /// loopback interface), fixed:MS or measured (step time),
-    /// lognormal:SIGMA (jitter), stragglers:FRACTION:FACTOR[:PERIOD_S], eval:SECONDS; or a TOML
+    /// lognormal:SIGMA (jitter), `stragglers:FRACTION:FACTOR[:PERIOD_S]`, eval:SECONDS; or a TOML
     /// file with the same settings [default: real time].
     #[arg(long, value_name = "SPEC")]
     pub cluster: Option<String>,
