@@ -35,7 +35,7 @@ pub use algorithm::{
 };
 pub use error::{SwarmError, TransportError};
 pub use inproc::{InProcessEndpoint, InProcessFabric};
-pub use node::{NodeStats, Overlap, SwarmNode};
+pub use node::{NodeStats, Overlap, SwarmNode, STALENESS_BUCKETS};
 pub use objective::{LeastSquares, LogisticRegression, Objective};
 pub use sim::{SimConfig, Simulator};
 pub use transport::{Completion, OpId, ReadOutcome, Transport, WriteOutcome, PUBLISH_CHUNK_ALIGN};

@@ -69,10 +69,16 @@ pub struct NodeStats {
     pub staleness_steps_total: u64,
     /// The largest such count.
     pub staleness_steps_max: u64,
+    /// How many averaged copies were k local steps stale, at index k; the last index counts
+    /// every copy at least [`STALENESS_BUCKETS`]` - 1` steps stale. Empty until a copy is averaged.
+    pub staleness_counts: Vec<u64>,
     /// Interactions that fell due while the previous one was still in flight; each started as
     /// soon as the previous one ended.
     pub deferred: u64,
 }
+
+/// Buckets of [`NodeStats::staleness_counts`].
+pub const STALENESS_BUCKETS: usize = 64;
 
 impl NodeStats {
     /// Bytes that crossed the network on this node's initiative (reads plus writes).
@@ -752,6 +758,12 @@ impl<T: Transport> SwarmNode<T> {
         self.stats.copies_averaged += 1;
         self.stats.staleness_steps_total += stale;
         self.stats.staleness_steps_max = self.stats.staleness_steps_max.max(stale);
+        let bucket = (stale as usize).min(STALENESS_BUCKETS - 1);
+        let counts = &mut self.stats.staleness_counts;
+        if counts.len() <= bucket {
+            counts.resize(bucket + 1, 0);
+        }
+        counts[bucket] += 1;
         if self.interaction == Interaction::Pairwise {
             let encoded = self.encode_correction(params);
             changed |= encoded;

@@ -181,6 +181,16 @@ fn stale_pairwise_copies_conserve_the_mean_and_are_counted() {
     for s in &stats {
         assert_eq!(s.staleness_steps_max, 2, "{s:?}");
         assert!(s.mean_staleness() > 1.5, "{s:?}");
+        // Every averaged copy is in the distribution, and it agrees with the total and the max.
+        assert_eq!(s.staleness_counts.iter().sum::<u64>(), s.copies_averaged);
+        let total: u64 = s
+            .staleness_counts
+            .iter()
+            .enumerate()
+            .map(|(k, c)| k as u64 * c)
+            .sum();
+        assert_eq!(total, s.staleness_steps_total);
+        assert_eq!(s.staleness_counts.len() as u64, s.staleness_steps_max + 1);
         assert_eq!(s.bytes_written, s.interactions * 4 * 64);
     }
     let folded: u64 = stats.iter().map(|s| s.corrections_folded).sum();
