@@ -32,7 +32,7 @@ enum NodeMsg {
         optimizer_state: Vec<f32>,
         loss_sum: f64,
         steps: u64,
-        stats: NodeStats,
+        stats: Box<NodeStats>,
         /// CPU time of the node's thread and wall time inside training so far (seconds).
         busy: (f64, f64),
     },
@@ -243,7 +243,7 @@ pub fn train_accounted(
                     busy: b,
                 }) => {
                     busy[node] = b;
-                    snapshots[node] = Some((params, stats));
+                    snapshots[node] = Some((params, *stats));
                     optimizer_states[node] = optimizer_state;
                     loss_sum += l;
                     steps += s;
@@ -469,7 +469,7 @@ fn node_loop(
                 },
                 loss_sum: tally.loss_sum,
                 steps: tally.steps,
-                stats: algo.stats(),
+                stats: Box::new(algo.stats()),
                 busy: (cpu, wall),
             },
         };
