@@ -360,10 +360,7 @@ pub fn train_rank(cfg: &Resolved) -> Result<RankSummary, TrainError> {
             .flatten()
             .map(|(p, _)| p.as_slice())
             .collect();
-        let average: Vec<f32> = swarm_core::mean_of(models.iter().copied())
-            .into_iter()
-            .map(|v| v as f32)
-            .collect();
+        let average: Vec<f32> = crate::report::average_model(models.iter().copied());
         let spread = swarm_core::spread(models.iter().copied());
         model.load(&average)?;
         let (test_loss, test_accuracy) = model.evaluate(&data.test);

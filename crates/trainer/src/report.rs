@@ -8,6 +8,39 @@ use swarm_core::NodeStats;
 use crate::model::FlatModel;
 use crate::TrainError;
 
+/// The coordinate-wise mean of `models` (summed in f64), as the model every driver evaluates.
+pub(crate) fn average_model<'a>(models: impl IntoIterator<Item = &'a [f32]>) -> Vec<f32> {
+    swarm_core::mean_of(models)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect()
+}
+
+/// Each of `models`' test accuracy, evaluated through `eval_model` (which ends holding the last).
+pub(crate) fn each_accuracy<'a>(
+    eval_model: &mut FlatModel,
+    models: impl IntoIterator<Item = &'a [f32]>,
+    test: &crate::data::Split,
+) -> Result<Vec<f64>, TrainError> {
+    models
+        .into_iter()
+        .map(|params| {
+            eval_model.load(params)?;
+            Ok(eval_model.evaluate(test).1)
+        })
+        .collect()
+}
+
+/// Creates a run's output directory, or says which one could not be created.
+pub(crate) fn create_output_dir(out: &Path) -> Result<(), TrainError> {
+    std::fs::create_dir_all(out).map_err(|e| {
+        TrainError::Output(format!(
+            "cannot create output directory {}: {e}",
+            out.display()
+        ))
+    })
+}
+
 /// One evaluation of the nodes' averaged model.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalRow {

@@ -242,10 +242,7 @@ fn run_case(
     let n = args.nodes as f64;
     let sample = |sim: &Simulator<LeastSquares>, events: u64| {
         let models = sim.models();
-        let mean: Vec<f32> = swarm_core::mean_of(models.iter().map(|m| m.as_slice()))
-            .into_iter()
-            .map(|v| v as f32)
-            .collect();
+        let mean: Vec<f32> = crate::report::average_model(models.iter().map(|m| m.as_slice()));
         (
             events as f64 / n,
             sim.spread() / n,

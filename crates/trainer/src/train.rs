@@ -169,12 +169,7 @@ pub fn train_accounted(
         devices[0],
     )?;
     let dim = eval_model.dim();
-    std::fs::create_dir_all(&cfg.raw.out).map_err(|e| {
-        TrainError::Output(format!(
-            "cannot create output directory {}: {e}",
-            cfg.raw.out.display()
-        ))
-    })?;
+    crate::report::create_output_dir(&cfg.raw.out)?;
 
     let resume = match &cfg.raw.resume {
         Some(dir) => crate::checkpoint::load_for_run(
@@ -284,10 +279,7 @@ pub fn train_accounted(
         let eval_start = Instant::now();
         let snapshots: Vec<(Vec<f32>, NodeStats)> = snapshots.into_iter().flatten().collect();
         let models: Vec<&[f32]> = snapshots.iter().map(|(p, _)| p.as_slice()).collect();
-        let average: Vec<f32> = swarm_core::mean_of(models.iter().copied())
-            .into_iter()
-            .map(|v| v as f32)
-            .collect();
+        let average: Vec<f32> = crate::report::average_model(models.iter().copied());
         eval_model.load(&average)?;
         let (test_loss, test_accuracy) = eval_model.evaluate(&data.test);
         let train_seconds = training_started.elapsed().as_secs_f64() - eval_seconds;
@@ -368,11 +360,11 @@ pub fn train_accounted(
     let Some((snapshots, average)) = last else {
         return Err(TrainError::Node("no epoch completed".into()));
     };
-    let mut node_accuracies = Vec::with_capacity(n);
-    for (params, _) in &snapshots {
-        eval_model.load(params)?;
-        node_accuracies.push(eval_model.evaluate(&data.test).1);
-    }
+    let node_accuracies = crate::report::each_accuracy(
+        &mut eval_model,
+        snapshots.iter().map(|(p, _)| p.as_slice()),
+        &data.test,
+    )?;
     eval_model.load(&average)?;
     let final_row = rows
         .last()

@@ -485,12 +485,7 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
         tch::Device::Cpu,
     )?;
     let dim = eval_model.dim();
-    std::fs::create_dir_all(&cfg.raw.out).map_err(|e| {
-        TrainError::Output(format!(
-            "cannot create output directory {}: {e}",
-            cfg.raw.out.display()
-        ))
-    })?;
+    crate::report::create_output_dir(&cfg.raw.out)?;
     let clock = Arc::new(VirtualClock::new(n, spec.network.clone()));
     let nodes = build_nodes(cfg, &shared, &neighbours, dim, Some(&clock))?;
     let eval_every_seconds = spec
@@ -529,10 +524,7 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
     let mut failure = None;
     let mut evaluate = |snaps: &[&Snap], index: usize, at: Nanos| -> Result<EvalRow, TrainError> {
         let models: Vec<&[f32]> = snaps.iter().map(|s| s.params.as_slice()).collect();
-        let average: Vec<f32> = swarm_core::mean_of(models.iter().copied())
-            .into_iter()
-            .map(|v| v as f32)
-            .collect();
+        let average: Vec<f32> = crate::report::average_model(models.iter().copied());
         eval_model.load(&average)?;
         let (test_loss, test_accuracy) = eval_model.evaluate(&data.test);
         let steps: u64 = snaps.iter().map(|s| s.steps).sum();
@@ -594,15 +586,13 @@ pub fn train(cfg: &Resolved) -> Result<Summary, TrainError> {
     let refs: Vec<&Snap> = finals.iter().collect();
     let final_row = evaluate(&refs, rows.len() + 1, end)?;
     rows.push(final_row.clone());
-    let mut node_accuracies = Vec::with_capacity(n);
-    for s in &finals {
-        eval_model.load(&s.params)?;
-        node_accuracies.push(eval_model.evaluate(&data.test).1);
-    }
-    let average: Vec<f32> = swarm_core::mean_of(finals.iter().map(|s| s.params.as_slice()))
-        .into_iter()
-        .map(|v| v as f32)
-        .collect();
+    let node_accuracies = crate::report::each_accuracy(
+        &mut eval_model,
+        finals.iter().map(|s| s.params.as_slice()),
+        &data.test,
+    )?;
+    let average: Vec<f32> =
+        crate::report::average_model(finals.iter().map(|s| s.params.as_slice()));
     eval_model.load(&average)?;
     let virtual_seconds = end as f64 * 1e-9;
     let summary = Summary::new(
