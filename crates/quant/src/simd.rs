@@ -308,8 +308,80 @@ pub(crate) fn lattice8_decode(
         };
         return n;
     }
+    #[cfg(target_arch = "x86_64")]
+    if level() >= Level::Avx2 {
+        let streamed = match stream {
+            Some(st) if st.level >= Level::Avx2 => {
+                st.used = true;
+                true
+            }
+            _ => false,
+        };
+        let (codes, ys, out) = (codes.as_ptr(), ys.as_ptr(), out.as_mut_ptr());
+        let tables = (dither.as_ptr(), weights.as_ptr());
+        let buckets = (bucket_blocks, offsets.as_ptr(), sums.as_mut_ptr());
+        // SAFETY: `level()` found avx2 (every level above `Avx2` includes it); `codes`, `ys`
+        // and `out` hold at least `64 n` elements, the tables `64 min(n, bucket_blocks)`,
+        // `offsets` and `sums` at least `ceil(n / bucket_blocks)` (all checked above); the
+        // `Stream` whose `used` was set fences the streaming stores.
+        unsafe {
+            if streamed {
+                avx2::lattice8_decode_avx2::<true>(codes, ys, tables, out, (0, n), buckets, k)
+            } else {
+                avx2::lattice8_decode_avx2::<false>(codes, ys, tables, out, (0, n), buckets, k)
+            }
+        };
+        return n;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Sse2 {
+        let (sums, codes, ys, tables) = (
+            sums.as_mut_ptr(),
+            codes.as_ptr(),
+            ys.as_ptr(),
+            (dither.as_ptr(), weights.as_ptr()),
+        );
+        // Decodes blocks `first ..` into `dst` (64 values a block).
+        let run = |first: usize, dst: &mut [f32]| {
+            // SAFETY: `first + dst.len() / 64 <= n`, so `codes` and `ys` hold the blocks'
+            // `64 n` elements, the tables `64 min(n, bucket_blocks)`, `offsets` and `sums`
+            // `ceil(n / bucket_blocks)` (checked above); `dst` holds `64 (end - first)` values
+            // (`dst.len()` is a multiple of 64); SSE2 is part of the x86-64 baseline.
+            unsafe {
+                x86::lattice8_decode_sse2(
+                    codes,
+                    ys,
+                    tables,
+                    dst.as_mut_ptr(),
+                    (first, first + dst.len() / 64),
+                    (bucket_blocks, offsets.as_ptr(), sums),
+                    k,
+                )
+            }
+        };
+        match stream {
+            None => run(0, &mut out[..64 * n]),
+            // Through the stage (SSE2 has no cheap rotation to stream from registers).
+            Some(st) => {
+                for (c, oc) in out[..64 * n].chunks_mut(CHUNK).enumerate() {
+                    st.produce_f32(oc, |s| run(c * (CHUNK / 64), s));
+                }
+            }
+        }
+        return n;
+    }
     let _ = (stream, k);
     0
+}
+
+/// Whether [`lattice8_decode`] has an explicit kernel at this thread's level.
+pub(crate) fn has_lattice8_decode() -> bool {
+    cfg!(target_arch = "x86_64") && level() >= Level::Sse2
+}
+
+/// Whether [`lattice8_encode`] has an explicit kernel at this thread's level.
+pub(crate) fn has_lattice8_encode() -> bool {
+    cfg!(all(target_arch = "x86_64", quant_avx512)) && level() == Level::Avx512
 }
 
 /// Encodes every full block of 64 values of `xs` into lattice codes of width 8 (vertical
@@ -726,6 +798,65 @@ mod tests {
                     });
                     if n > 1024 && off > 0 {
                         break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The lattice:8 decoder's explicit kernels (streaming from registers or through a stage,
+    /// or plain stores) give the scalar path's bits and bucket checks: every length 0..=1024
+    /// and larger ones, one and many buckets (64 and 1024 values), the output at every
+    /// 4-byte offset modulo a cache line, subnormal, NaN and infinite values and references,
+    /// and references far from the encoded vector (failed buckets must agree too).
+    #[test]
+    fn lattice8_decode_matches_scalar() {
+        use crate::lattice::LatticeCodec;
+        use crate::Codec;
+        let mut rng = Rng(0x0123_4567_89AB_CDEF);
+        let lens: Vec<usize> = if cfg!(miri) {
+            vec![0, 1, 64, 65, 200]
+        } else {
+            (0..=1024)
+                .chain([4096, 5000, 70_001, 64 * CHUNK + 77])
+                .collect()
+        };
+        for &d in &lens {
+            let kinds = vectors(&mut rng, d);
+            // Far references: the decode fails in some buckets.
+            let far: Vec<f32> = kinds[0].1.iter().map(|v| v * 40.0 + 0.3).collect();
+            let cases = kinds
+                .iter()
+                .map(|(x, y)| (x.clone(), y.clone()))
+                .chain([(kinds[0].0.clone(), far)]);
+            for (kind, (x, y)) in cases.enumerate() {
+                for log2 in [6, 10] {
+                    let mut c = LatticeCodec::new(8, 11)
+                        .unwrap()
+                        .with_bucket_log2(log2)
+                        .unwrap();
+                    c.observe_distance(0.002);
+                    let mut bytes = Vec::new();
+                    if c.encode(&x, &mut bytes).is_err() {
+                        continue; // non-finite input: nothing to decode
+                    }
+                    let offs = if d > 1024 || d % 97 == 0 {
+                        0..17
+                    } else {
+                        d % 17..d % 17 + 1
+                    };
+                    for off in offs {
+                        agree(
+                            &format!("lattice:8 d={d} kind {kind} bucket 2^{log2} +{off}"),
+                            || {
+                                let mut out = vec![f32::from_bits(0x7FC0_0001); d + off + 3];
+                                let rep = c.decode(&bytes, &y, &mut out[off..off + d]);
+                                (
+                                    format!("{rep:?}"),
+                                    out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                                )
+                            },
+                        );
                     }
                 }
             }
