@@ -257,8 +257,8 @@ pub(crate) fn unpack_vertical_blocks<const B: usize>(bytes: &[u8], out: &mut [u3
 /// Buckets have `bucket` values (a multiple of 64), bucket `b` the dither offset `offsets[b]`;
 /// `tables` are the dither and weight tables of a bucket; `k` = (1/eps, eps). Adds each
 /// bucket's wrapping sum of check terms to `sums[b]` and returns the number of blocks done
-/// (0: the caller does everything). With a stream, the output is written with streaming
-/// stores straight from registers.
+/// (0: the caller does everything). With a stream, the AVX-512 kernel writes the output with
+/// streaming stores straight from registers; the AVX2 and SSE2 kernels ignore it (below).
 #[inline]
 pub(crate) fn lattice8_decode(
     codes: &[u8],
@@ -308,64 +308,25 @@ pub(crate) fn lattice8_decode(
         };
         return n;
     }
+    // The AVX2 and SSE2 kernels write with ordinary stores, whatever the size: on the Zen 4 VM
+    // of issue 16's fourth session (AVX2, no AVX-512), 16M values decoded at 0.78-0.93x memcpy
+    // (median of 7 runs 0.87x) with ordinary stores, 0.55-0.92x (median 0.81x) streaming from
+    // registers (256-bit stores; 128-bit ones 0.73-0.81x) and 0.67-0.80x through the stage;
+    // the SSE2 kernel is bound by its arithmetic (0.56-0.64x either way).
     #[cfg(target_arch = "x86_64")]
-    if level() >= Level::Avx2 {
-        let streamed = match stream {
-            Some(st) if st.level >= Level::Avx2 => {
-                st.used = true;
-                true
-            }
-            _ => false,
-        };
+    if level() >= Level::Sse2 {
         let (codes, ys, out) = (codes.as_ptr(), ys.as_ptr(), out.as_mut_ptr());
         let tables = (dither.as_ptr(), weights.as_ptr());
         let buckets = (bucket_blocks, offsets.as_ptr(), sums.as_mut_ptr());
-        // SAFETY: `level()` found avx2 (every level above `Avx2` includes it); `codes`, `ys`
-        // and `out` hold at least `64 n` elements, the tables `64 min(n, bucket_blocks)`,
-        // `offsets` and `sums` at least `ceil(n / bucket_blocks)` (all checked above); the
-        // `Stream` whose `used` was set fences the streaming stores.
+        // SAFETY: `codes`, `ys` and `out` hold at least `64 n` elements, the tables
+        // `64 min(n, bucket_blocks)`, `offsets` and `sums` at least `ceil(n / bucket_blocks)`
+        // (all checked above); `level()` found avx2 for `Avx2` (every level above it includes
+        // it), and SSE2 is part of the x86-64 baseline.
         unsafe {
-            if streamed {
-                avx2::lattice8_decode_avx2::<true>(codes, ys, tables, out, (0, n), buckets, k)
+            if level() >= Level::Avx2 {
+                avx2::lattice8_decode_avx2(codes, ys, tables, out, n, buckets, k);
             } else {
-                avx2::lattice8_decode_avx2::<false>(codes, ys, tables, out, (0, n), buckets, k)
-            }
-        };
-        return n;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if level() == Level::Sse2 {
-        let (sums, codes, ys, tables) = (
-            sums.as_mut_ptr(),
-            codes.as_ptr(),
-            ys.as_ptr(),
-            (dither.as_ptr(), weights.as_ptr()),
-        );
-        // Decodes blocks `first ..` into `dst` (64 values a block).
-        let run = |first: usize, dst: &mut [f32]| {
-            // SAFETY: `first + dst.len() / 64 <= n`, so `codes` and `ys` hold the blocks'
-            // `64 n` elements, the tables `64 min(n, bucket_blocks)`, `offsets` and `sums`
-            // `ceil(n / bucket_blocks)` (checked above); `dst` holds `64 (end - first)` values
-            // (`dst.len()` is a multiple of 64); SSE2 is part of the x86-64 baseline.
-            unsafe {
-                x86::lattice8_decode_sse2(
-                    codes,
-                    ys,
-                    tables,
-                    dst.as_mut_ptr(),
-                    (first, first + dst.len() / 64),
-                    (bucket_blocks, offsets.as_ptr(), sums),
-                    k,
-                )
-            }
-        };
-        match stream {
-            None => run(0, &mut out[..64 * n]),
-            // Through the stage (SSE2 has no cheap rotation to stream from registers).
-            Some(st) => {
-                for (c, oc) in out[..64 * n].chunks_mut(CHUNK).enumerate() {
-                    st.produce_f32(oc, |s| run(c * (CHUNK / 64), s));
-                }
+                x86::lattice8_decode_sse2(codes, ys, tables, out, n, buckets, k);
             }
         }
         return n;
@@ -804,8 +765,8 @@ mod tests {
         }
     }
 
-    /// The lattice:8 decoder's explicit kernels (streaming from registers or through a stage,
-    /// or plain stores) give the scalar path's bits and bucket checks: every length 0..=1024
+    /// The lattice:8 decoder's explicit kernels (with the call's streaming forced on and off)
+    /// give the scalar path's bits and bucket checks: every length 0..=1024
     /// and larger ones, one and many buckets (64 and 1024 values), the output at every
     /// 4-byte offset modulo a cache line, subnormal, NaN and infinite values and references,
     /// and references far from the encoded vector (failed buckets must agree too).

@@ -1,6 +1,5 @@
 //! AVX2 kernels: packing and unpacking of full vertical blocks (see `crate::bits`) at widths
-//! 1, 2, 4, 8 and 16, eight 32-bit lanes at a time; the lattice decoder of width 8; and
-//! [`NtWriter8`], which streams 8-lane vectors from registers into an output of any alignment.
+//! 1, 2, 4, 8 and 16, eight 32-bit lanes at a time; and the lattice decoder of width 8.
 //!
 //! Word `w` of a block of `L` words holds codes `w, w + L, w + 2L, ...`, so eight consecutive
 //! codes always land in eight consecutive words (or, at widths 1 and 2, where `L = 4`, in the
@@ -178,134 +177,6 @@ pub(super) unsafe fn unpack_vertical_avx2<const B: usize>(
     }
 }
 
-/// Writes a run of 8-lane `f32` vectors (elements `0, 8, 16, ...` of an output) with streaming
-/// stores of whole aligned 64-byte lines, whatever the output's 4-byte alignment: each aligned
-/// 32-byte half line is assembled from two consecutive vectors, rotated by the output's
-/// misalignment (one `vpermps` per vector) and blended; the partial lines at both ends, and a
-/// half line before the first line boundary, are written with ordinary stores.
-pub(super) struct NtWriter8 {
-    dst: *mut f32,
-    /// Elements before the first 32-byte boundary of `dst` (0..8): the rotation.
-    shift: usize,
-    /// Elements before the first 64-byte boundary of `dst` (0..16): streaming starts there.
-    head: usize,
-    /// End of the last whole line of the output: streaming stops there.
-    end: usize,
-    /// Rotation indices `(lane + shift) % 8`.
-    idx: __m256i,
-    /// Lanes `8 - shift ..` (taken from the newer vector).
-    newer: __m256,
-    /// The previous vector, rotated.
-    prev: __m256,
-    /// Elements pushed.
-    pos: usize,
-}
-
-impl NtWriter8 {
-    /// A writer of `n` elements (a multiple of 8) to `dst`, a 4-byte aligned pointer.
-    ///
-    /// # Safety
-    /// The CPU supports AVX2.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    pub(super) unsafe fn new(dst: *mut f32, n: usize) -> NtWriter8 {
-        let shift = (32 - (dst.addr() & 31)) % 32 / 4;
-        let head = (64 - (dst.addr() & 63)) % 64 / 4;
-        let end = head + n.saturating_sub(head) / 16 * 16;
-        let s = shift as i32;
-        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let idx = _mm256_and_si256(
-            _mm256_add_epi32(lanes, _mm256_set1_epi32(s)),
-            _mm256_set1_epi32(7),
-        );
-        // All bits set in lanes `l >= 8 - shift` (`l + shift > 7`).
-        let newer = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
-            _mm256_add_epi32(lanes, _mm256_set1_epi32(s)),
-            _mm256_set1_epi32(7),
-        ));
-        NtWriter8 {
-            dst,
-            shift,
-            head,
-            end,
-            idx,
-            newer,
-            prev: _mm256_setzero_ps(),
-            pos: 0,
-        }
-    }
-
-    /// Appends elements `pos .. pos + 8`.
-    ///
-    /// # Safety
-    /// The CPU supports AVX2; `dst` is valid for writing `pos + 8` elements, and no more than
-    /// the `n` given to [`NtWriter8::new`] are pushed.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    pub(super) unsafe fn push(&mut self, v: __m256) {
-        let r = _mm256_permutevar8x32_ps(v, self.idx);
-        if self.pos == 0 {
-            // SAFETY: lanes `0..shift` are elements `0..shift`, `shift < 8` (caller).
-            unsafe { write_lanes(self.dst, v, self.shift) };
-        } else {
-            // Elements `a .. a + 8`: lanes `shift..8` of the previous vector, `0..shift` of
-            // this one; `a + 8 <= pos + 8` (caller).
-            let a = self.pos - 8 + self.shift;
-            let half = _mm256_blendv_ps(self.prev, r, self.newer);
-            // SAFETY: in bounds (above); `dst + a` is 32-byte aligned (`dst + shift` is and
-            // `a - shift` is a multiple of 8), as `_mm256_stream_ps` requires; a streamed half
-            // lies in a whole line of the output (`head <= a`, `a + 8 <= end`, both line
-            // boundaries).
-            unsafe {
-                if a >= self.head && a + 8 <= self.end {
-                    _mm256_stream_ps(self.dst.add(a), half);
-                } else {
-                    _mm256_storeu_ps(self.dst.add(a), half);
-                }
-            }
-        }
-        self.prev = r;
-        self.pos += 8;
-    }
-
-    /// Writes the elements of the last vector not yet written. The streaming stores still need
-    /// a fence (the owning `Stream` issues it when dropped).
-    ///
-    /// # Safety
-    /// The CPU supports AVX2; `dst` is valid for writing `pos` elements.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    pub(super) unsafe fn finish(self) {
-        if self.pos != 0 {
-            // SAFETY: lanes `0 .. 8 - shift` of the rotated last vector are elements
-            // `pos - 8 + shift .. pos` (caller).
-            unsafe {
-                write_lanes(
-                    self.dst.add(self.pos - 8 + self.shift),
-                    self.prev,
-                    8 - self.shift,
-                )
-            };
-        }
-    }
-}
-
-/// Writes lanes `0..n` of `v` to `dst` with ordinary stores.
-///
-/// # Safety
-/// The CPU supports AVX2; `dst` is valid for writing `n <= 8` elements.
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn write_lanes(dst: *mut f32, v: __m256, n: usize) {
-    let mut lanes = [0f32; 8];
-    // SAFETY: `lanes` holds 8 values (unaligned store); `n <= 8` values of `dst` (caller), a
-    // local array cannot overlap them.
-    unsafe {
-        _mm256_storeu_ps(lanes.as_mut_ptr(), v);
-        std::ptr::copy_nonoverlapping(lanes.as_ptr(), dst, n);
-    }
-}
-
 /// Wrapping sum of the eight 32-bit lanes of `v`.
 ///
 /// # Safety
@@ -319,27 +190,26 @@ unsafe fn sum_lanes(v: __m256i) -> u32 {
     _mm_cvtsi128_si32(s) as u32
 }
 
-/// Decodes full blocks `first..end` of 64 lattice codes of width 8 (vertical layout) of
+/// Decodes `nblocks` full blocks of 64 lattice codes of width 8 (vertical layout) of
 /// consecutive buckets of `bucket_blocks` blocks: block `g` lies in bucket `g / bucket_blocks`
 /// (dither offset `offsets[b]`) and uses the tables at block `g % bucket_blocks`. Per
 /// coordinate exactly the operations of `crate::lattice`'s scalar kernel, in the same order
 /// (IEEE single-precision multiplies and adds, never fused), so the values are bit-identical.
-/// Adds each bucket's wrapping sum of check terms to `sums[b]`. Writes block `g`'s values at
-/// `out + 64 (g - first)`, or, with `STREAM`, pushes them all through one [`NtWriter8`]
-/// (unfenced: the caller's `Stream` fences).
+/// Adds each bucket's wrapping sum of check terms to `sums[b]`. Ordinary stores (see
+/// `super::lattice8_decode` for why not streaming ones).
 ///
 /// # Safety
-/// The CPU supports AVX2; `first <= end`; `codes` is valid for reading `64 * end` bytes, `ys`
-/// for `64 * end` values, `dither` and `weights` for `64 * min(end, bucket_blocks)`, `offsets`
-/// and `sums` for `ceil(end / bucket_blocks)` (`bucket_blocks > 0`), and `out` for writing
-/// `64 * (end - first)` values.
+/// The CPU supports AVX2; `codes` is valid for reading `64 * nblocks` bytes, `ys` for
+/// `64 * nblocks` values, `dither` and `weights` for `64 * min(nblocks, bucket_blocks)`,
+/// `offsets` and `sums` for `ceil(nblocks / bucket_blocks)` (`bucket_blocks > 0`), and `out`
+/// for writing `64 * nblocks` values.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn lattice8_decode_avx2<const STREAM: bool>(
+pub(super) unsafe fn lattice8_decode_avx2(
     codes: *const u8,
     ys: *const f32,
     tables: (*const f32, *const u32),
     out: *mut f32,
-    (first, end): (usize, usize),
+    nblocks: usize,
     buckets: (usize, *const f32, *mut u32),
     k: [f32; 2],
 ) {
@@ -355,23 +225,19 @@ pub(super) unsafe fn lattice8_decode_avx2<const STREAM: bool>(
         magic: _mm256_set1_ps(crate::stats::MAGIC),
     };
     let byte = _mm256_set1_epi32(0xff);
-    // SAFETY: AVX2 is available (caller).
-    let mut w = unsafe { NtWriter8::new(out, 64 * (end - first)) };
-    let mut blk = first;
-    while blk < end {
-        let b = blk / bucket_blocks;
-        let stop = ((b + 1) * bucket_blocks).min(end);
-        // SAFETY: `b < ceil(end / bucket_blocks)` (caller).
+    let mut blk = 0;
+    let mut b = 0;
+    while blk < nblocks {
+        let stop = (blk + bucket_blocks).min(nblocks);
+        // SAFETY: `b < ceil(nblocks / bucket_blocks)` (caller).
         let off = _mm256_set1_ps(unsafe { *offsets.add(b) });
         let mut sum = _mm256_setzero_si256();
         for g in blk..stop {
             let i0 = 64 * g;
-            let t0 = 64 * (g - b * bucket_blocks);
-            let o0 = 64 * (g - first);
-            // SAFETY: `g < end`: the block's 64 code bytes and 64 values of `ys` are in bounds,
-            // `g - first < end - first` for `out`, and `g % bucket_blocks < min(end,
-            // bucket_blocks)` for the tables (caller); accesses are unaligned (`loadu` /
-            // `storeu`) or go through the writer, in element order.
+            let t0 = 64 * (g - blk);
+            // SAFETY: `g < nblocks`: the block's 64 code bytes and its 64 values of `ys` and
+            // `out` are in bounds, and `g - blk < min(nblocks, bucket_blocks)` for the tables
+            // (caller); every access is unaligned (`loadu` / `storeu`).
             unsafe {
                 let cw0 = _mm256_loadu_si256(codes.add(i0).cast::<__m256i>());
                 let cw1 = _mm256_loadu_si256(codes.add(i0 + 32).cast::<__m256i>());
@@ -386,28 +252,13 @@ pub(super) unsafe fn lattice8_decode_avx2<const STREAM: bool>(
                     _mm256_srli_epi32::<24>(cw0),
                     _mm256_srli_epi32::<24>(cw1),
                 ];
-                macro_rules! step {
-                    ($m:literal) => {{
-                        let d = 8 * $m;
-                        let v = _mm256_add_ps(_mm256_loadu_ps(dither.add(t0 + d)), off);
-                        let wt = _mm256_loadu_si256(weights.add(t0 + d).cast::<__m256i>());
-                        let y = _mm256_loadu_ps(ys.add(i0 + d));
-                        let o = decode8(&c, cs[$m], y, v, wt, &mut sum);
-                        if STREAM {
-                            w.push(o);
-                        } else {
-                            _mm256_storeu_ps(out.add(o0 + d), o);
-                        }
-                    }};
+                for (m, cm) in cs.into_iter().enumerate() {
+                    let d = 8 * m;
+                    let v = _mm256_add_ps(_mm256_loadu_ps(dither.add(t0 + d)), off);
+                    let wt = _mm256_loadu_si256(weights.add(t0 + d).cast::<__m256i>());
+                    let y = _mm256_loadu_ps(ys.add(i0 + d));
+                    _mm256_storeu_ps(out.add(i0 + d), decode8(&c, cm, y, v, wt, &mut sum));
                 }
-                step!(0);
-                step!(1);
-                step!(2);
-                step!(3);
-                step!(4);
-                step!(5);
-                step!(6);
-                step!(7);
             }
         }
         // SAFETY: as for `offsets`.
@@ -416,10 +267,7 @@ pub(super) unsafe fn lattice8_decode_avx2<const STREAM: bool>(
             *s = (*s).wrapping_add(sum_lanes(sum));
         }
         blk = stop;
-    }
-    if STREAM {
-        // SAFETY: `64 (end - first)` elements were pushed, within bounds (caller).
-        unsafe { w.finish() };
+        b += 1;
     }
 }
 

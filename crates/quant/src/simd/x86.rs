@@ -107,25 +107,24 @@ fn sum_lanes(v: __m128i) -> u32 {
     }
 }
 
-/// The SSE2 twin of `super::avx2::lattice8_decode_avx2` (four lanes, ordinary stores only:
-/// the caller streams through a stage): decodes full blocks `first..end` of 64 lattice codes
-/// of width 8 (vertical layout) of consecutive buckets of `bucket_blocks` blocks, per
-/// coordinate with the scalar kernel's operations in its order, so the values are
-/// bit-identical; adds each bucket's wrapping sum of check terms to `sums[b]`; writes block
-/// `g`'s values at `out + 64 (g - first)`.
+/// The SSE2 twin of `super::avx2::lattice8_decode_avx2`, four lanes at a time: decodes
+/// `nblocks` full blocks of 64 lattice codes of width 8 (vertical layout) of consecutive
+/// buckets of `bucket_blocks` blocks, per coordinate with the scalar kernel's operations in its
+/// order, so the values are bit-identical; adds each bucket's wrapping sum of check terms to
+/// `sums[b]`. Ordinary stores.
 ///
 /// # Safety
-/// `first <= end`; `codes` is valid for reading `64 * end` bytes, `ys` for `64 * end` values,
-/// `dither` and `weights` for `64 * min(end, bucket_blocks)`, `offsets` and `sums` for
-/// `ceil(end / bucket_blocks)` (`bucket_blocks > 0`), and `out` for writing
-/// `64 * (end - first)` values.
+/// `codes` is valid for reading `64 * nblocks` bytes, `ys` for `64 * nblocks` values, `dither`
+/// and `weights` for `64 * min(nblocks, bucket_blocks)`, `offsets` and `sums` for
+/// `ceil(nblocks / bucket_blocks)` (`bucket_blocks > 0`), and `out` for writing `64 * nblocks`
+/// values.
 #[target_feature(enable = "sse2")]
 pub(super) unsafe fn lattice8_decode_sse2(
     codes: *const u8,
     ys: *const f32,
     tables: (*const f32, *const u32),
     out: *mut f32,
-    (first, end): (usize, usize),
+    nblocks: usize,
     buckets: (usize, *const f32, *mut u32),
     k: [f32; 2],
 ) {
@@ -139,20 +138,19 @@ pub(super) unsafe fn lattice8_decode_sse2(
     let qv = _mm_set1_ps(q);
     let magic = _mm_set1_ps(crate::stats::MAGIC);
     let byte = _mm_set1_epi32(0xff);
-    let mut blk = first;
-    while blk < end {
-        let b = blk / bucket_blocks;
-        let stop = ((b + 1) * bucket_blocks).min(end);
-        // SAFETY: `b < ceil(end / bucket_blocks)` (caller).
+    let mut blk = 0;
+    let mut b = 0;
+    while blk < nblocks {
+        let stop = (blk + bucket_blocks).min(nblocks);
+        // SAFETY: `b < ceil(nblocks / bucket_blocks)` (caller).
         let offv = _mm_set1_ps(unsafe { *offsets.add(b) });
         let mut sum = _mm_setzero_si128();
         for g in blk..stop {
             let i0 = 64 * g;
-            let t0 = 64 * (g - b * bucket_blocks);
-            let o0 = 64 * (g - first);
-            // SAFETY: `g < end`: the block's 64 code bytes and 64 values of `ys` are in bounds,
-            // `g - first < end - first` for `out`, and `g % bucket_blocks < min(end,
-            // bucket_blocks)` for the tables (caller); every access is unaligned.
+            let t0 = 64 * (g - blk);
+            // SAFETY: `g < nblocks`: the block's 64 code bytes and its 64 values of `ys` and
+            // `out` are in bounds, and `g - blk < min(nblocks, bucket_blocks)` for the tables
+            // (caller); every access is unaligned.
             unsafe {
                 let cw: [__m128i; 4] =
                     std::array::from_fn(|r| _mm_loadu_si128(codes.add(i0 + 16 * r).cast()));
@@ -175,7 +173,7 @@ pub(super) unsafe fn lattice8_decode_sse2(
                         let wt = _mm_loadu_si128(weights.add(t0 + d).cast());
                         sum = _mm_add_epi32(sum, _mm_add_epi32(h, _mm_and_si128(wt, odd)));
                         let kk = _mm_add_ps(cf, _mm_mul_ps(_mm_sub_ps(rm, magic), qv));
-                        _mm_storeu_ps(out.add(o0 + d), _mm_mul_ps(_mm_sub_ps(kk, v), epsv));
+                        _mm_storeu_ps(out.add(i0 + d), _mm_mul_ps(_mm_sub_ps(kk, v), epsv));
                     }};
                 }
                 step!(0, 0);
@@ -202,5 +200,6 @@ pub(super) unsafe fn lattice8_decode_sse2(
             *s = (*s).wrapping_add(sum_lanes(sum));
         }
         blk = stop;
+        b += 1;
     }
 }
