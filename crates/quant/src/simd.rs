@@ -342,7 +342,7 @@ pub(crate) fn has_lattice8_decode() -> bool {
 
 /// Whether [`lattice8_encode`] has an explicit kernel at this thread's level.
 pub(crate) fn has_lattice8_encode() -> bool {
-    cfg!(all(target_arch = "x86_64", quant_avx512)) && level() == Level::Avx512
+    cfg!(target_arch = "x86_64") && level() >= Level::Sse2
 }
 
 /// Encodes every full block of 64 values of `xs` into lattice codes of width 8 (vertical
@@ -395,6 +395,25 @@ pub(crate) fn lattice8_encode(
                 k.1,
                 streamed,
             )
+        };
+        return (n, range);
+    }
+    // Ordinary stores at AVX2 and SSE2, as for `lattice8_decode`.
+    #[cfg(target_arch = "x86_64")]
+    if level() >= Level::Sse2 {
+        let (xs, out) = (xs.as_ptr(), out.as_mut_ptr());
+        let tables = (dither.as_ptr(), weights.as_ptr());
+        let buckets = (bucket_blocks, offsets.as_ptr(), sums.as_mut_ptr());
+        // SAFETY: `xs` holds at least `64 n` values and `out` `64 n` bytes, the tables
+        // `64 min(n, bucket_blocks)`, `offsets` and `sums` at least `ceil(n / bucket_blocks)`
+        // (all checked above); `level()` found avx2 for `Avx2` (every level above it includes
+        // it), and SSE2 is part of the x86-64 baseline.
+        let range = unsafe {
+            if level() >= Level::Avx2 {
+                avx2::lattice8_encode_avx2(xs, tables, out, n, buckets, k.0, k.1)
+            } else {
+                x86::lattice8_encode_sse2(xs, tables, out, n, buckets, k.0, k.1)
+            }
         };
         return (n, range);
     }
@@ -765,13 +784,14 @@ mod tests {
         }
     }
 
-    /// The lattice:8 decoder's explicit kernels (with the call's streaming forced on and off)
-    /// give the scalar path's bits and bucket checks: every length 0..=1024
-    /// and larger ones, one and many buckets (64 and 1024 values), the output at every
-    /// 4-byte offset modulo a cache line, subnormal, NaN and infinite values and references,
-    /// and references far from the encoded vector (failed buckets must agree too).
+    /// The lattice:8 encoder's and decoder's explicit kernels (with the call's streaming
+    /// forced on and off) give the scalar path's payload bytes or error, decoded bits and
+    /// bucket checks: every length 0..=1024 and larger ones, one and many buckets (64 and 1024
+    /// values), the input and the output at every 4-byte offset modulo a cache line,
+    /// subnormal, NaN and infinite values and references, values that force the encoder's
+    /// retry, and references far from the encoded vector (failed buckets must agree too).
     #[test]
-    fn lattice8_decode_matches_scalar() {
+    fn lattice8_kernels_match_scalar() {
         use crate::lattice::LatticeCodec;
         use crate::Codec;
         let mut rng = Rng(0x0123_4567_89AB_CDEF);
@@ -797,27 +817,29 @@ mod tests {
                         .with_bucket_log2(log2)
                         .unwrap();
                     c.observe_distance(0.002);
-                    let mut bytes = Vec::new();
-                    if c.encode(&x, &mut bytes).is_err() {
-                        continue; // non-finite input: nothing to decode
-                    }
                     let offs = if d > 1024 || d % 97 == 0 {
                         0..17
                     } else {
                         d % 17..d % 17 + 1
                     };
                     for off in offs {
-                        agree(
-                            &format!("lattice:8 d={d} kind {kind} bucket 2^{log2} +{off}"),
-                            || {
-                                let mut out = vec![f32::from_bits(0x7FC0_0001); d + off + 3];
-                                let rep = c.decode(&bytes, &y, &mut out[off..off + d]);
-                                (
-                                    format!("{rep:?}"),
-                                    out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                                )
-                            },
-                        );
+                        let what = format!("lattice:8 d={d} kind {kind} bucket 2^{log2} +{off}");
+                        // The input, too, at every 4-byte offset.
+                        let mut xb = vec![0f32; off];
+                        xb.extend_from_slice(&x);
+                        agree(&what, || {
+                            // A fresh copy of the codec: the same nonce at every level.
+                            let mut c = c.clone();
+                            let mut bytes = Vec::new();
+                            let enc = c.encode(&xb[off..], &mut bytes);
+                            let mut out = vec![f32::from_bits(0x7FC0_0001); d + off + 3];
+                            let rep = c.decode(&bytes, &y, &mut out[off..off + d]);
+                            (
+                                bytes,
+                                format!("{enc:?} {rep:?}"),
+                                out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            )
+                        });
                     }
                 }
             }

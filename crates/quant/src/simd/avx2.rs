@@ -306,3 +306,90 @@ fn decode8(
         _mm256_mul_ps(_mm256_sub_ps(kk, v), k.eps)
     }
 }
+
+/// Encodes `nblocks` full blocks of 64 values of consecutive buckets of `bucket_blocks` blocks
+/// into lattice codes of width 8 (vertical layout, 64 bytes a block): block `g` lies in bucket
+/// `g / bucket_blocks` (dither offset `offsets[b]`) and uses the tables at block
+/// `g % bucket_blocks`. Per coordinate exactly the operations of `crate::lattice`'s scalar
+/// encode kernel in the same order (`t = (x * (1/eps) + (dither + offset) + MAGIC).to_bits() +
+/// BIAS`), so the codes are bit-identical. Adds each bucket's check terms to `sums[b]` and
+/// returns the or of every `t` (the range check). Ordinary stores.
+///
+/// # Safety
+/// The CPU supports AVX2; `xs` is valid for reading `64 * nblocks` values, `dither` and
+/// `weights` for `64 * min(nblocks, bucket_blocks)`, `offsets` and `sums` for
+/// `ceil(nblocks / bucket_blocks)` (`bucket_blocks > 0`), and `dst` for writing `64 * nblocks`
+/// bytes.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn lattice8_encode_avx2(
+    xs: *const f32,
+    tables: (*const f32, *const u32),
+    dst: *mut u8,
+    nblocks: usize,
+    buckets: (usize, *const f32, *mut u32),
+    inv_eps: f32,
+    bias: u32,
+) -> u32 {
+    let (dither, weights) = tables;
+    let (bucket_blocks, offsets, sums) = buckets;
+    let inv = _mm256_set1_ps(inv_eps);
+    let magic = _mm256_set1_ps(crate::stats::MAGIC);
+    let biasv = _mm256_set1_epi32(bias as i32);
+    let byte = _mm256_set1_epi32(0xff);
+    let mut range = _mm256_setzero_si256();
+    let mut blk = 0;
+    let mut b = 0;
+    while blk < nblocks {
+        let stop = (blk + bucket_blocks).min(nblocks);
+        // SAFETY: `b < ceil(nblocks / bucket_blocks)` (caller).
+        let off = _mm256_set1_ps(unsafe { *offsets.add(b) });
+        let mut sum = _mm256_setzero_si256();
+        for g in blk..stop {
+            let i0 = 64 * g;
+            let t0 = 64 * (g - blk);
+            // SAFETY: `g < nblocks`: the block's 64 values of `xs` and 64 bytes of `dst` are in
+            // bounds, and `g - blk < min(nblocks, bucket_blocks)` for the tables (caller);
+            // every access is unaligned (`loadu` / `storeu`).
+            unsafe {
+                // Codes `8m ..` (`m = 2j + h`) go to byte `j` of words `8h ..`.
+                let mut words = [_mm256_setzero_si256(); 2];
+                for m in 0..8 {
+                    let d = 8 * m;
+                    let v = _mm256_add_ps(_mm256_loadu_ps(dither.add(t0 + d)), off);
+                    let z = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(xs.add(i0 + d)), inv), v);
+                    let t = _mm256_add_epi32(_mm256_castps_si256(_mm256_add_ps(z, magic)), biasv);
+                    range = _mm256_or_si256(range, t);
+                    let h = _mm256_srli_epi32::<8>(t);
+                    // `h + (wt & -(h & 1))`: the weight where `h` is odd.
+                    let odd = _mm256_srai_epi32::<31>(_mm256_slli_epi32::<31>(h));
+                    let wt = _mm256_loadu_si256(weights.add(t0 + d).cast::<__m256i>());
+                    sum = _mm256_add_epi32(sum, _mm256_add_epi32(h, _mm256_and_si256(wt, odd)));
+                    let c = _mm256_and_si256(t, byte);
+                    let c = match m / 2 {
+                        0 => c,
+                        1 => _mm256_slli_epi32::<8>(c),
+                        2 => _mm256_slli_epi32::<16>(c),
+                        _ => _mm256_slli_epi32::<24>(c),
+                    };
+                    words[m % 2] = _mm256_or_si256(words[m % 2], c);
+                }
+                _mm256_storeu_si256(dst.add(i0).cast::<__m256i>(), words[0]);
+                _mm256_storeu_si256(dst.add(i0 + 32).cast::<__m256i>(), words[1]);
+            }
+        }
+        // SAFETY: as for `offsets`.
+        unsafe {
+            let s = sums.add(b);
+            *s = (*s).wrapping_add(sum_lanes(sum));
+        }
+        blk = stop;
+        b += 1;
+    }
+    let r = _mm_or_si128(
+        _mm256_castsi256_si128(range),
+        _mm256_extracti128_si256::<1>(range),
+    );
+    let r = _mm_or_si128(r, _mm_shuffle_epi32::<0b01_00_11_10>(r));
+    let r = _mm_or_si128(r, _mm_shuffle_epi32::<0b10_11_00_01>(r));
+    _mm_cvtsi128_si32(r) as u32
+}

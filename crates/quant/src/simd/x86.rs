@@ -203,3 +203,95 @@ pub(super) unsafe fn lattice8_decode_sse2(
         b += 1;
     }
 }
+
+/// The SSE2 twin of `super::avx2::lattice8_encode_avx2`, four lanes at a time: encodes
+/// `nblocks` full blocks of 64 values into lattice codes of width 8 (vertical layout), per
+/// coordinate with the scalar encode kernel's operations in its order, so the codes are
+/// bit-identical; adds each bucket's check terms to `sums[b]` and returns the or of every code
+/// word before masking (the range check). Ordinary stores.
+///
+/// # Safety
+/// `xs` is valid for reading `64 * nblocks` values, `dither` and `weights` for
+/// `64 * min(nblocks, bucket_blocks)`, `offsets` and `sums` for `ceil(nblocks / bucket_blocks)`
+/// (`bucket_blocks > 0`), and `dst` for writing `64 * nblocks` bytes.
+#[target_feature(enable = "sse2")]
+pub(super) unsafe fn lattice8_encode_sse2(
+    xs: *const f32,
+    tables: (*const f32, *const u32),
+    dst: *mut u8,
+    nblocks: usize,
+    buckets: (usize, *const f32, *mut u32),
+    inv_eps: f32,
+    bias: u32,
+) -> u32 {
+    let (dither, weights) = tables;
+    let (bucket_blocks, offsets, sums) = buckets;
+    let inv = _mm_set1_ps(inv_eps);
+    let magic = _mm_set1_ps(crate::stats::MAGIC);
+    let biasv = _mm_set1_epi32(bias as i32);
+    let byte = _mm_set1_epi32(0xff);
+    let mut range = _mm_setzero_si128();
+    let mut blk = 0;
+    let mut b = 0;
+    while blk < nblocks {
+        let stop = (blk + bucket_blocks).min(nblocks);
+        // SAFETY: `b < ceil(nblocks / bucket_blocks)` (caller).
+        let off = _mm_set1_ps(unsafe { *offsets.add(b) });
+        let mut sum = _mm_setzero_si128();
+        for g in blk..stop {
+            let i0 = 64 * g;
+            let t0 = 64 * (g - blk);
+            // SAFETY: `g < nblocks`: the block's 64 values of `xs` and 64 bytes of `dst` are in
+            // bounds, and `g - blk < min(nblocks, bucket_blocks)` for the tables (caller);
+            // every access is unaligned.
+            unsafe {
+                // Codes `16j + 4r ..` go to byte `j` of words `4r ..`.
+                let mut words = [_mm_setzero_si128(); 4];
+                macro_rules! step {
+                    ($j:literal, $r:literal) => {{
+                        let d = 16 * $j + 4 * $r;
+                        let v = _mm_add_ps(_mm_loadu_ps(dither.add(t0 + d)), off);
+                        let z = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(xs.add(i0 + d)), inv), v);
+                        let t = _mm_add_epi32(_mm_castps_si128(_mm_add_ps(z, magic)), biasv);
+                        range = _mm_or_si128(range, t);
+                        let h = _mm_srli_epi32::<8>(t);
+                        let odd = _mm_srai_epi32::<31>(_mm_slli_epi32::<31>(h));
+                        let wt = _mm_loadu_si128(weights.add(t0 + d).cast());
+                        sum = _mm_add_epi32(sum, _mm_add_epi32(h, _mm_and_si128(wt, odd)));
+                        let c = _mm_slli_epi32::<{ 8 * $j }>(_mm_and_si128(t, byte));
+                        words[$r] = _mm_or_si128(words[$r], c);
+                    }};
+                }
+                step!(0, 0);
+                step!(0, 1);
+                step!(0, 2);
+                step!(0, 3);
+                step!(1, 0);
+                step!(1, 1);
+                step!(1, 2);
+                step!(1, 3);
+                step!(2, 0);
+                step!(2, 1);
+                step!(2, 2);
+                step!(2, 3);
+                step!(3, 0);
+                step!(3, 1);
+                step!(3, 2);
+                step!(3, 3);
+                for (r, w) in words.iter().enumerate() {
+                    _mm_storeu_si128(dst.add(i0 + 16 * r).cast(), *w);
+                }
+            }
+        }
+        // SAFETY: as for `offsets`.
+        unsafe {
+            let s = sums.add(b);
+            *s = (*s).wrapping_add(sum_lanes(sum));
+        }
+        blk = stop;
+        b += 1;
+    }
+    let r = _mm_or_si128(range, _mm_shuffle_epi32::<0b01_00_11_10>(range));
+    let r = _mm_or_si128(r, _mm_shuffle_epi32::<0b10_11_00_01>(r));
+    _mm_cvtsi128_si32(r) as u32
+}
