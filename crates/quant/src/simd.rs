@@ -6,6 +6,9 @@
 //! any width (fixed-size blocks, lane accumulators, no per-element branches or library calls);
 //! [`run`] executes such a loop inside a function compiled with AVX2 or AVX-512 enabled when the
 //! CPU has them, so that LLVM vectorizes the same source at 8 or 16 lanes instead of 4.
+//! Where that source stays far from the hardware, explicit kernels take over: packing of full
+//! vertical blocks (AVX2, AVX-512) and the lattice:8 encoder and decoder (SSE2, AVX2, AVX-512),
+//! each in the scalar code's operation order.
 //!
 //! What LLVM cannot derive from safe code is *how* the results are stored. A plain store to a
 //! line that is not in the cache first reads that line from memory (read-for-ownership), so a
