@@ -287,7 +287,7 @@ fn encode_buckets<const B: usize>(
     // Width 8: the explicit kernel encodes every full block it can, in one pass over all the
     // buckets; the scalar kernel the rest (a last partial block), from the same state.
     let (mut fast_sums, mut fast_blocks) = (Vec::new(), 0);
-    if B == 8 && crate::simd::level() == crate::simd::Level::Avx512 {
+    if B == 8 && crate::simd::has_lattice8_encode() {
         let nb = a.x.len().div_ceil(a.bucket);
         let offsets: Vec<f32> = (0..nb).map(|b| bucket_offset(a.nonce, b)).collect();
         fast_sums = vec![0u32; nb];
@@ -424,7 +424,7 @@ fn decode_buckets<const B: usize>(
     // Width 8: the explicit kernel decodes every full block it can, in one pass over all the
     // buckets; the scalar kernel the rest (a last partial block), from the same state.
     let (mut fast_sums, mut fast_blocks) = (Vec::new(), 0);
-    if B == 8 && crate::simd::level() == crate::simd::Level::Avx512 {
+    if B == 8 && crate::simd::has_lattice8_decode() {
         let nb = out.len().div_ceil(a.bucket);
         let offsets: Vec<f32> = (0..nb).map(|b| bucket_offset(a.nonce, b)).collect();
         fast_sums = vec![0u32; nb];
