@@ -15,13 +15,22 @@ pub(super) fn is_emulated(runs: &[(String, Vec<&RunResult>)]) -> bool {
         .any(|r| r.config.cluster.is_some())
 }
 
-/// The virtual time at which `run` first reached `target` accuracy, if it did.
+/// The virtual time at which `run` first reached `target` accuracy, if it did: interpolated
+/// linearly between the evaluation before the crossing and the first one at or above `target`
+/// (that evaluation's time when it is the first).
 pub(super) fn time_to(run: &RunResult, target: f64) -> Option<f64> {
-    run.curve
+    let points: Vec<(f64, f64)> = run
+        .virtual_seconds
         .iter()
-        .zip(&run.virtual_seconds)
-        .find(|((_, acc, _, _), _)| *acc >= target)
-        .map(|(_, t)| *t)
+        .zip(&run.curve)
+        .map(|(t, (_, acc, _, _))| (*t, *acc))
+        .collect();
+    let k = points.iter().position(|&(_, acc)| acc >= target)?;
+    let (t1, a1) = points[k];
+    Some(match k.checked_sub(1).map(|j| points[j]) {
+        Some((t0, a0)) if a1 > a0 => t0 + (target - a0) / (a1 - a0) * (t1 - t0),
+        _ => t1,
+    })
 }
 
 /// The accuracy of `run` at virtual time `budget`: its last evaluation at or before it (its first
@@ -231,6 +240,37 @@ pub(super) fn marked_sections(existing: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run_with(points: &[(f64, f64)]) -> RunResult {
+        RunResult {
+            group: "g".into(),
+            label: "l".into(),
+            config: crate::config::TrainConfig::default(),
+            accuracy: points.last().map_or(0.0, |p| p.1),
+            node_accuracy: 0.0,
+            bytes: 0,
+            train_seconds: 0.0,
+            curve: points
+                .iter()
+                .enumerate()
+                .map(|(k, &(_, acc))| (k + 1, acc, 0, Vec::new()))
+                .collect(),
+            virtual_seconds: points.iter().map(|p| p.0).collect(),
+            compute_wait: (0.0, 0.0),
+            dir: std::path::PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn time_to_target_interpolates_and_accuracy_at_budget_takes_the_last_evaluation() {
+        let run = run_with(&[(0.1, 0.4), (0.2, 0.6), (0.3, 0.7)]);
+        assert!((time_to(&run, 0.5).unwrap() - 0.15).abs() < 1e-12);
+        assert_eq!(time_to(&run, 0.3), Some(0.1));
+        assert_eq!(time_to(&run, 0.8), None);
+        assert_eq!(accuracy_at(&run, 0.25), 0.6);
+        assert_eq!(accuracy_at(&run, 0.05), 0.4);
+        assert_eq!(accuracy_at(&run, 9.0), 0.7);
+    }
 
     #[test]
     fn sections_are_replaced_in_place_appended_when_new_and_kept_by_a_full_rewrite() {
