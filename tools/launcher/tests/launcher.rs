@@ -253,7 +253,9 @@ fn signal_job(rank_script: &str, grace: &str, sig: &str) -> (Option<i32>, f64, V
 #[test]
 fn sigterm_stops_every_rank_cleanly() {
     let (code, secs, pids, stderr) = signal_job(
-        "#!/bin/sh\ntrap 'echo stopping; exit 0' TERM\necho \"pid $$\"\nsleep 100 &\nwait\n",
+        // The pid line comes after the background sleep exists: a SIGTERM sent before the fork
+        // would leave a sleep outside the signal, holding the rank's pipes for the grace period.
+        "#!/bin/sh\ntrap 'echo stopping; exit 0' TERM\nsleep 100 &\necho \"pid $$\"\nwait\n",
         "20",
         "TERM",
     );
