@@ -253,9 +253,10 @@ fn signal_job(rank_script: &str, grace: &str, sig: &str) -> (Option<i32>, f64, V
 #[test]
 fn sigterm_stops_every_rank_cleanly() {
     let (code, secs, pids, stderr) = signal_job(
-        // The pid line comes after the background sleep exists: a SIGTERM sent before the fork
-        // would leave a sleep outside the signal, holding the rank's pipes for the grace period.
-        "#!/bin/sh\ntrap 'echo stopping; exit 0' TERM\nsleep 100 &\necho \"pid $$\"\nwait\n",
+        // Short sleeps in the foreground: a long background sleep forked while the SIGTERM was
+        // in flight (between fork and exec, under load) missed it and held the rank's pipes for
+        // the whole grace period.
+        "#!/bin/sh\ntrap 'echo stopping; exit 0' TERM\necho \"pid $$\"\nwhile :; do sleep 0.1; done\n",
         "20",
         "TERM",
     );
