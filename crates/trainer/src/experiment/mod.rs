@@ -613,25 +613,51 @@ fn plot_groups(
                 series(&|r, e| r.curve[e].3[ten_gbe]),
             ),
         ];
-        let mut files = Vec::new();
-        for (suffix, title, x_label, log_x, series) in specs {
-            let name = format!("{}-{suffix}.png", g.name);
-            line_chart(
-                &out.join(&name),
-                &Chart {
-                    title: &title,
-                    x_label,
-                    y_label: "test accuracy of the averaged model (%)",
-                    log_x,
-                    log_y: false,
-                },
-                &series,
-            )?;
-            files.push(name);
-        }
-        all.push((g.name.clone(), files));
+        all.push((g.name.clone(), accuracy_charts(out, &g.name, specs)?));
     }
     Ok(all)
+}
+
+/// One chart of test accuracy per `(suffix, title, x label, log x, series)`, written as
+/// `OUT/GROUP-SUFFIX.png`; returns the file names.
+fn accuracy_charts(
+    out: &Path,
+    group: &str,
+    specs: impl IntoIterator<Item = (&'static str, String, &'static str, bool, Vec<Series>)>,
+) -> Result<Vec<String>, TrainError> {
+    let mut files = Vec::new();
+    for (suffix, title, x_label, log_x, series) in specs {
+        let name = format!("{group}-{suffix}.png");
+        line_chart(
+            &out.join(&name),
+            &Chart {
+                title: &title,
+                x_label,
+                y_label: "test accuracy of the averaged model (%)",
+                log_x,
+                log_y: false,
+            },
+            &series,
+        )?;
+        files.push(name);
+    }
+    Ok(files)
+}
+
+/// Links a group's plots into the report.
+fn link_plots(
+    md: &mut String,
+    report: &Path,
+    out: &Path,
+    plots: &[(String, Vec<String>)],
+    group: &str,
+) {
+    if let Some((_, files)) = plots.iter().find(|(name, _)| name == group) {
+        for f in files {
+            let _ = writeln!(md, "![{f}]({})", relative(report, &out.join(f)));
+        }
+        md.push('\n');
+    }
 }
 
 fn human_bits(bits: f64) -> String {
@@ -735,12 +761,7 @@ fn write_report(
         });
         if virtual_time::is_emulated(&labels) {
             virtual_time::write_group(&mut md, g, &labels, reference.map(|(l, _)| l.as_str()));
-            if let Some((_, files)) = plots.iter().find(|(name, _)| *name == g.name) {
-                for f in files {
-                    let _ = writeln!(md, "![{f}]({})", relative(report, &out.join(f)));
-                }
-                md.push('\n');
-            }
+            link_plots(&mut md, report, out, plots, &g.name);
             continue;
         }
         let reference = reference.map(|(_, runs)| {
@@ -797,12 +818,7 @@ fn write_report(
             md.push('\n');
         }
         md.push('\n');
-        if let Some((_, files)) = plots.iter().find(|(name, _)| *name == g.name) {
-            for f in files {
-                let _ = writeln!(md, "![{f}]({})", relative(report, &out.join(f)));
-            }
-            md.push('\n');
-        }
+        link_plots(&mut md, report, out, plots, &g.name);
     }
     if let Some(dir) = report.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)

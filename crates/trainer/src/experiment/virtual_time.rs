@@ -4,8 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::{human_bits, mean_std, seed_series, Group, RunResult};
-use crate::plot::{line_chart, Chart};
+use super::{accuracy_charts, human_bits, mean_std, seed_series, Group, RunResult};
 use crate::TrainError;
 
 /// Whether a group's runs are emulated.
@@ -169,38 +168,26 @@ pub(super) fn plot_group(
             })
         })
         .collect();
-    let mut files = Vec::new();
-    for (suffix, chart_title, x_label, log_x, series) in [
-        (
-            "virtual-time",
-            format!("{title}: test accuracy by virtual time"),
-            "virtual seconds on the emulated cluster",
-            false,
-            time,
-        ),
-        (
-            "bits",
-            format!("{title}: test accuracy by bits sent"),
-            "bits sent per node",
-            true,
-            bits,
-        ),
-    ] {
-        let name = format!("{}-{suffix}.png", g.name);
-        line_chart(
-            &out.join(&name),
-            &Chart {
-                title: &chart_title,
-                x_label,
-                y_label: "test accuracy of the averaged model (%)",
-                log_x,
-                log_y: false,
-            },
-            &series,
-        )?;
-        files.push(name);
-    }
-    Ok(files)
+    accuracy_charts(
+        out,
+        &g.name,
+        [
+            (
+                "virtual-time",
+                format!("{title}: test accuracy by virtual time"),
+                "virtual seconds on the emulated cluster",
+                false,
+                time,
+            ),
+            (
+                "bits",
+                format!("{title}: test accuracy by bits sent"),
+                "bits sent per node",
+                true,
+                bits,
+            ),
+        ],
+    )
 }
 
 /// `text` as section `name` of `existing`: between its markers, replacing what was there, or

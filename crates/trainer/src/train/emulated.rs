@@ -37,8 +37,8 @@ use crate::TrainError;
 struct LinkState<T> {
     inner: T,
     landed: VecDeque<Completion>,
-    /// Operations on the emulated network and when each completes.
-    pending: BTreeMap<OpId, Nanos>,
+    /// Operations on the emulated network: when each completes, its peer, and whether it reads.
+    pending: BTreeMap<OpId, (Nanos, NodeId, bool)>,
 }
 
 /// A transport whose reads and writes complete when the emulated network delivers them: the copy
@@ -72,12 +72,14 @@ impl<T: Transport + 'static> VirtualLink<T> {
     /// transport and the completion lands.
     fn schedule(
         &mut self,
-        done: Nanos,
+        (done, peer, read): (Nanos, NodeId, bool),
         run: impl FnOnce(&mut T) -> Completion + Send + 'static,
     ) -> OpId {
         self.next_op += 1;
         let op = self.next_op;
-        Self::lock(&self.state).pending.insert(op, done);
+        Self::lock(&self.state)
+            .pending
+            .insert(op, (done, peer, read));
         let state = Arc::clone(&self.state);
         self.clock.at(
             done,
@@ -135,6 +137,24 @@ fn lost(peer: NodeId) -> TransportError {
     }
 }
 
+/// A read (or write) of `peer` that will never complete, handed back as failed.
+fn lost_op(op: OpId, peer: NodeId, read: bool) -> Completion {
+    if read {
+        Completion::Read {
+            op,
+            peer,
+            buf: Vec::new(),
+            result: Err(lost(peer)),
+        }
+    } else {
+        Completion::Write {
+            op,
+            peer,
+            result: Err(lost(peer)),
+        }
+    }
+}
+
 impl<T: Transport + 'static> Transport for VirtualLink<T> {
     fn node(&self) -> NodeId {
         self.me
@@ -165,15 +185,9 @@ impl<T: Transport + 'static> Transport for VirtualLink<T> {
     ) -> Result<OpId, TransportError> {
         let now = self.clock.now(self.me);
         let done = self.clock.read(self.me, peer, len as u64, now);
-        Ok(self.schedule(done, move |inner| {
+        Ok(self.schedule((done, peer, true), move |inner| {
             let started = inner.start_read(peer, offset, len, buf);
-            let fallback = Completion::Read {
-                op: 0,
-                peer,
-                buf: Vec::new(),
-                result: Err(lost(peer)),
-            };
-            finish_now(inner, started, fallback)
+            finish_now(inner, started, lost_op(0, peer, true))
         }))
     }
 
@@ -181,14 +195,9 @@ impl<T: Transport + 'static> Transport for VirtualLink<T> {
         let now = self.clock.now(self.me);
         let done = self.clock.message(self.me, peer, payload.len() as u64, now);
         let payload = payload.to_vec();
-        Ok(self.schedule(done, move |inner| {
+        Ok(self.schedule((done, peer, false), move |inner| {
             let started = inner.start_write(peer, &payload);
-            let fallback = Completion::Write {
-                op: 0,
-                peer,
-                result: Err(lost(peer)),
-            };
-            finish_now(inner, started, fallback)
+            finish_now(inner, started, lost_op(0, peer, false))
         }))
     }
 
@@ -213,21 +222,19 @@ impl<T: Transport + 'static> Transport for VirtualLink<T> {
 
     /// Waits, in virtual time, for the next operation to complete.
     fn idle(&mut self, _empty_polls: u32) {
-        let next = Self::lock(&self.state).pending.values().min().copied();
+        let next = Self::lock(&self.state)
+            .pending
+            .values()
+            .map(|&(done, _, _)| done)
+            .min();
         let Some(at) = next else {
             return;
         };
         if self.clock.wait_until(self.me, at).is_err() {
             // The run stopped: what was in flight will never land; hand it back as failed.
             let mut s = Self::lock(&self.state);
-            let ops: Vec<OpId> = s.pending.keys().copied().collect();
-            s.pending.clear();
-            for op in ops {
-                s.landed.push_back(Completion::Write {
-                    op,
-                    peer: self.me,
-                    result: Err(lost(self.me)),
-                });
+            for (op, (_, peer, read)) in std::mem::take(&mut s.pending) {
+                s.landed.push_back(lost_op(op, peer, read));
             }
         }
     }
