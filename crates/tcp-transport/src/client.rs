@@ -3,11 +3,13 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use swarmsgd_core::{Completion, NodeId, OpId, ReadOutcome, TransportError, WriteOutcome};
 
 use crate::io::{read_exact_by, write_all_by};
+use crate::server::lock;
 use crate::wire::{
     Ack, AckStatus, Header, Hello, Kind, Status, ACK_LEN, HEADER_LEN, PROTOCOL_VERSION,
 };
@@ -26,6 +28,8 @@ pub(crate) enum Request {
         started: Instant,
         op: OpId,
         payload: Vec<u8>,
+        /// Where the payload's buffer goes once sent, for the next write to reuse.
+        recycle: Arc<Mutex<Vec<Vec<u8>>>>,
     },
     SlotFree {
         started: Instant,
@@ -117,9 +121,11 @@ impl PeerLink {
                     started,
                     op,
                     mut payload,
+                    recycle,
                 } => {
                     let len = payload.len();
                     let result = self.run_op(started, Kind::WriteInbox, 0, len, &mut payload);
+                    lock(&recycle).push(payload);
                     Completion::Write {
                         op,
                         peer: self.peer,

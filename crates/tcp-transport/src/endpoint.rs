@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use swarmsgd_core::{Completion, NodeId, OpId, Transport, TransportError};
 
@@ -48,7 +48,19 @@ pub struct TcpEndpoint {
     in_flight: usize,
     /// Slots visited by the last `take_inbox` (writer, deposit counter), freed by `release_inbox`.
     taken: Vec<(NodeId, u64)>,
+    /// Window buffers: the published one, ones servers are still sending from, and spares.
+    buffers: Vec<Arc<Vec<u8>>>,
+    /// Payload buffers for writes, handed back by the client threads once sent.
+    payloads: Arc<Mutex<Vec<Vec<u8>>>>,
 }
+
+/// Empty polls a waiting node spins through before it sleeps on the completion channel.
+const IDLE_SPINS: u32 = 64;
+/// The longest a waiting node sleeps before it polls again.
+const IDLE_SLEEP: Duration = Duration::from_millis(1);
+
+/// Window buffers kept beyond those in use (the published one and those being sent).
+const MAX_SPARE_BUFFERS: usize = 4;
 
 impl TcpEndpoint {
     /// Node `me` listening on `addr` (port 0 picks a free port) with a window and inbox slots of
@@ -95,7 +107,7 @@ impl TcpEndpoint {
             published: Mutex::new(Published {
                 version: 0,
                 len: 0,
-                data: vec![0; capacity],
+                data: Arc::new(Vec::new()),
             }),
             inbox: Mutex::new(BTreeMap::new()),
             accepted: AtomicU64::new(0),
@@ -115,6 +127,8 @@ impl TcpEndpoint {
             next_op: 0,
             in_flight: 0,
             taken: Vec::new(),
+            buffers: Vec::new(),
+            payloads: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -232,10 +246,30 @@ impl Transport for TcpEndpoint {
                 capacity: self.shared.capacity,
             });
         }
+        // Filled outside the lock, in a buffer no server is sending from: publishing never waits
+        // for a read being answered, and a read never copies the window.
+        let capacity = self.shared.capacity;
+        let free = self
+            .buffers
+            .iter_mut()
+            .position(|b| Arc::get_mut(b).is_some());
+        let k = free.unwrap_or_else(|| {
+            self.buffers.push(Arc::new(vec![0; capacity]));
+            self.buffers.len() - 1
+        });
+        let Some(data) = Arc::get_mut(&mut self.buffers[k]) else {
+            unreachable!("the buffer was just found or made unshared");
+        };
+        fill(0, &mut data[..len]);
         let mut published = lock(&self.shared.published);
-        fill(0, &mut published.data[..len]);
+        published.data = self.buffers[k].clone();
         published.len = len;
         published.version += 1;
+        drop(published);
+        // Buffers beyond the ones in use come back as servers finish; keep a few spare.
+        if self.buffers.len() > MAX_SPARE_BUFFERS {
+            self.buffers.retain(|b| Arc::strong_count(b) > 1);
+        }
         Ok(())
     }
 
@@ -275,10 +309,14 @@ impl Transport for TcpEndpoint {
 
     fn start_write(&mut self, peer: NodeId, payload: &[u8]) -> Result<OpId, TransportError> {
         let op = self.next_op();
+        let mut buf = lock(&self.payloads).pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(payload);
         let request = Request::Write {
             started: Instant::now(),
             op,
-            payload: payload.to_vec(),
+            payload: buf,
+            recycle: self.payloads.clone(),
         };
         match self.send(peer, request) {
             Ok(()) => self.in_flight += 1,
@@ -294,18 +332,23 @@ impl Transport for TcpEndpoint {
         if let Some(done) = self.ready.pop_front() {
             return Some(done);
         }
-        match self.done_rx.try_recv() {
-            Ok(done) => {
-                self.in_flight = self.in_flight.saturating_sub(1);
-                Some(done)
-            }
-            Err(_) => {
-                if self.in_flight > 0 {
-                    // Callers spin on poll; let the threads that carry the operation run.
-                    std::thread::yield_now();
-                }
-                None
-            }
+        // Never yields or sleeps: a node that overlaps polls between local steps, and giving up
+        // its core there (to another rank on a shared machine) costs it a scheduler slice.
+        let done = self.done_rx.try_recv().ok()?;
+        self.in_flight = self.in_flight.saturating_sub(1);
+        Some(done)
+    }
+
+    /// A node with nothing to do but wait sleeps until a completion arrives (at most a
+    /// millisecond at a time), after a few spins for operations that finish at once.
+    fn idle(&mut self, empty_polls: u32) {
+        if empty_polls < IDLE_SPINS || self.in_flight == 0 {
+            std::hint::spin_loop();
+            return;
+        }
+        if let Ok(done) = self.done_rx.recv_timeout(IDLE_SLEEP) {
+            self.in_flight = self.in_flight.saturating_sub(1);
+            self.ready.push_back(done);
         }
     }
 

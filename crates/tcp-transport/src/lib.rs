@@ -39,10 +39,13 @@
 //!
 //! b.publish(b"hello, swarm")?;
 //! let op = a.start_read(1, 0, 12, Vec::new())?;
+//! let mut empty_polls = 0;
 //! let completion = loop {
 //!     if let Some(c) = a.poll() {
 //!         break c;
 //!     }
+//!     empty_polls += 1;
+//!     a.idle(empty_polls); // spins a little, then sleeps until a completion arrives
 //! };
 //! match completion {
 //!     Completion::Read { op: done, buf, result, .. } => {

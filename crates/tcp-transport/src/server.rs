@@ -28,8 +28,10 @@ pub(crate) struct Published {
     /// Publish counter: 0 = never published.
     pub(crate) version: u64,
     pub(crate) len: usize,
-    /// `capacity` bytes, of which the first `len` are the payload.
-    pub(crate) data: Vec<u8>,
+    /// `capacity` bytes, of which the first `len` are the payload. Never written once published:
+    /// a server answering a read takes a reference under the lock and sends from it after
+    /// releasing the lock, while the node fills the next payload into another buffer.
+    pub(crate) data: Arc<Vec<u8>>,
 }
 
 /// One writer's inbox slot.
@@ -305,6 +307,8 @@ fn serve_one(
         b,
     };
     out.clear();
+    // A read's answer: the published buffer it was taken from, sent after the header.
+    let mut snapshot = None;
     match request.kind {
         Kind::Read => {
             let end = request.a.checked_add(request.b);
@@ -317,8 +321,7 @@ fn serve_one(
                     } else if offset + len > published.len {
                         reply(Status::TooLarge, end, published.len as u64)
                     } else {
-                        out.extend_from_slice(&[0u8; HEADER_LEN]);
-                        out.extend_from_slice(&published.data[offset..offset + len]);
+                        snapshot = Some((published.data.clone(), offset..offset + len));
                         reply(Status::Ok, published.version, len as u64)
                     }
                 }
@@ -328,11 +331,7 @@ fn serve_one(
                     shared.capacity as u64,
                 ),
             };
-            if out.is_empty() {
-                out.extend_from_slice(&header.encode());
-            } else {
-                out[..HEADER_LEN].copy_from_slice(&header.encode());
-            }
+            out.extend_from_slice(&header.encode());
         }
         Kind::WriteInbox => {
             if request.b != 0 {
@@ -353,8 +352,8 @@ fn serve_one(
                 if slot.consumed != slot.deposited {
                     Status::Busy
                 } else {
-                    slot.data.clear();
-                    slot.data.extend_from_slice(payload);
+                    // The slot keeps the received buffer; its old one receives the next deposit.
+                    std::mem::swap(&mut slot.data, payload);
                     slot.deposited += 1;
                     Status::Ok
                 }
@@ -373,5 +372,9 @@ fn serve_one(
         }
     }
     write_all_by(stream, out, deadline).map_err(|e| drop_conn(&format!("cannot answer: {e}")))?;
+    if let Some((data, range)) = snapshot {
+        write_all_by(stream, &data[range], deadline)
+            .map_err(|e| drop_conn(&format!("cannot answer: {e}")))?;
+    }
     Ok(())
 }
