@@ -196,6 +196,8 @@ pub struct SwarmNode<T: Transport> {
     /// An interaction fell due while another was in flight.
     due: bool,
     stats: NodeStats,
+    /// Calls that wrote the caller's model (see [`SwarmNode::model_writes`]).
+    model_writes: u64,
 }
 
 impl<T: Transport> SwarmNode<T> {
@@ -262,6 +264,7 @@ impl<T: Transport> SwarmNode<T> {
             in_flight: None,
             due: false,
             stats: NodeStats::default(),
+            model_writes: 0,
         })
     }
 
@@ -319,6 +322,14 @@ impl<T: Transport> SwarmNode<T> {
     /// Neighbours that failed and are no longer contacted.
     pub fn unreachable(&self) -> &BTreeSet<NodeId> {
         &self.unreachable
+    }
+
+    /// Counts this node's writes to the caller's model: it grows during every call that changed
+    /// `params` (a copy averaged in, a correction folded, a correction taken back), and only then.
+    /// A caller whose model lives elsewhere (e.g. on a GPU, staged through a host copy) compares
+    /// it before and after a call to know whether the host copy has to go back.
+    pub fn model_writes(&self) -> u64 {
+        self.model_writes
     }
 
     /// The transport, e.g. to inspect it in tests.
@@ -429,6 +440,7 @@ impl<T: Transport> SwarmNode<T> {
         })?;
         if taken > 0 {
             if folded > 0 {
+                self.model_writes += 1;
                 self.publish(params)?;
             }
             self.transport.release_inbox()?;
@@ -628,6 +640,7 @@ impl<T: Transport> SwarmNode<T> {
     /// Not delivered: add our half back so that the sum of models stays conserved.
     fn take_back_correction(&mut self, params: &mut [f32]) -> Result<(), SwarmError> {
         fold_correction(params, &self.correction);
+        self.model_writes += 1;
         self.publish(params)
     }
 
@@ -754,6 +767,7 @@ impl<T: Transport> SwarmNode<T> {
         published: bool,
     ) -> Result<Option<NodeId>, SwarmError> {
         let mut changed = !published;
+        self.model_writes += 1;
         let stale = self.stats.local_steps - flight.started_at;
         self.stats.copies_averaged += 1;
         self.stats.staleness_steps_total += stale;

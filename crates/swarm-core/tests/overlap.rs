@@ -132,29 +132,52 @@ fn run(
     let mut stepped = vec![0.0f64; dim];
     for _ in 0..steps {
         for i in 0..n {
-            nodes[i].step_boundary(&mut models[i]).unwrap();
+            watched(&mut nodes[i], &mut models[i], |node, x| {
+                node.step_boundary(x).map(|_| ())
+            });
             for (k, x) in models[i].iter_mut().enumerate() {
                 let target = ((i + k) % 5) as f32;
                 let delta = 0.01 * (target - *x);
                 *x += delta;
                 stepped[k] += f64::from(delta);
             }
-            nodes[i].after_local_step(&mut models[i]).unwrap();
+            watched(&mut nodes[i], &mut models[i], |node, x| {
+                node.after_local_step(x).map(|_| ())
+            });
         }
     }
     // Land what is in flight, then fold what sits in the inboxes.
     for (node, x) in nodes.iter_mut().zip(&mut models) {
-        node.drain(x).unwrap();
+        watched(node, x, |node, x| node.drain(x));
         assert!(!node.in_flight());
     }
     for (node, x) in nodes.iter_mut().zip(&mut models) {
-        node.step_boundary(x).unwrap();
+        watched(node, x, |node, x| node.step_boundary(x).map(|_| ()));
     }
+    assert!(nodes.iter().all(|node| node.model_writes() > 0));
     Run {
         nodes,
         models,
         start,
         stepped,
+    }
+}
+
+/// Runs one call of the node on its model and checks that the node's write counter says whether
+/// the model changed: a model staged through a host copy trusts it to skip the copy back.
+fn watched(
+    node: &mut SwarmNode<Delayed>,
+    x: &mut [f32],
+    call: impl FnOnce(&mut SwarmNode<Delayed>, &mut [f32]) -> Result<(), swarmsgd_core::SwarmError>,
+) {
+    let (before, writes) = (x.to_vec(), node.model_writes());
+    call(node, x).unwrap();
+    if x != before.as_slice() {
+        assert!(
+            node.model_writes() > writes,
+            "node {} changed the model without counting a write",
+            node.id()
+        );
     }
 }
 

@@ -78,24 +78,38 @@ pub(crate) trait NodeAlgo {
     fn stats(&self) -> NodeStats;
 }
 
+/// Runs `call` on the model's parameters; a model on a device gets them back only if the node
+/// wrote them (most calls only publish).
+fn node_call<T: Transport, R>(
+    node: &mut SwarmNode<T>,
+    model: &mut FlatModel,
+    call: impl FnOnce(&mut SwarmNode<T>, &mut [f32]) -> R,
+) -> R {
+    let writes = node.model_writes();
+    model.update_params(|p| {
+        let r = call(node, p);
+        (r, node.model_writes() != writes)
+    })
+}
+
 impl<T: Transport> NodeAlgo for SwarmNode<T> {
     fn at_boundary(&mut self, model: &mut FlatModel) -> Result<(), TrainError> {
-        model.with_params_mut(|p| self.step_boundary(p))?;
+        node_call(self, model, |node, p| node.step_boundary(p))?;
         Ok(())
     }
 
     fn at_epoch_end(&mut self, model: &mut FlatModel) -> Result<(), TrainError> {
         // The epoch's model is whole: the interaction in flight has landed or been taken back.
-        model.with_params_mut(|p| {
-            self.drain(p)?;
-            self.step_boundary(p)
+        node_call(self, model, |node, p| {
+            node.drain(p)?;
+            node.step_boundary(p)
         })?;
         Ok(())
     }
 
     fn after_step(&mut self, model: &mut FlatModel, lr: f64) -> Result<(), TrainError> {
         model.sgd_step(lr);
-        model.with_params_mut(|p| self.after_local_step(p))?;
+        node_call(self, model, |node, p| node.after_local_step(p))?;
         Ok(())
     }
 
@@ -250,6 +264,78 @@ impl<'a> Stepper<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::InputShape;
+    use crate::model::ModelKind;
+    use quant::IdentityCodec;
+    use swarm_core::{InProcessFabric, Interaction, LocalSteps};
+    use tch::{Device, Tensor};
+
+    /// Two SwarmSGD nodes averaging pairwise after every step, their models on the host or staged
+    /// through a host copy as a GPU model is (the CPU standing in for the device). Returns both
+    /// final models and the interactions completed.
+    fn two_nodes(staged: bool) -> (Vec<Vec<f32>>, u64) {
+        let input = InputShape::image(1, 2, 3);
+        let fabric = InProcessFabric::new(vec![vec![1], vec![0]], 4096).unwrap();
+        let mut models: Vec<FlatModel> = (0..2)
+            .map(|i| {
+                let kind = ModelKind::Mlp { hidden: 4 };
+                FlatModel::build(kind, input, 3, 11 + i, staged.then_some(Device::Cpu)).unwrap()
+            })
+            .collect();
+        let mut nodes: Vec<_> = (0..2)
+            .map(|i| {
+                let dim = models[i].dim();
+                let mut node = SwarmNode::new(
+                    fabric.endpoint(i).unwrap(),
+                    vec![1 - i],
+                    dim,
+                    Interaction::Pairwise,
+                    LocalSteps::Fixed(1),
+                    Box::new(IdentityCodec),
+                    3,
+                )
+                .unwrap();
+                models[i].with_params_mut(|p| node.publish(p)).unwrap();
+                node
+            })
+            .collect();
+        let x = Tensor::from_slice(&[
+            0.5f32, -1.0, 2.0, 1.5, 0.0, -0.5, 1.0, 0.25, -2.0, 0.5, 1.0, 3.0,
+        ])
+        .view([2, 6]);
+        let y = Tensor::from_slice(&[2i64, 0]);
+        for _ in 0..6 {
+            for (node, model) in nodes.iter_mut().zip(&mut models) {
+                node.at_boundary(model).unwrap();
+                model.backward(&x, &y);
+                node.after_step(model, 0.2).unwrap();
+            }
+        }
+        for (node, model) in nodes.iter_mut().zip(&mut models) {
+            node.at_epoch_end(model).unwrap();
+        }
+        let interactions = nodes.iter().map(|n| n.stats().interactions).sum();
+        (
+            models.iter_mut().map(|m| m.params()).collect(),
+            interactions,
+        )
+    }
+
+    #[test]
+    fn a_staged_model_gets_every_average_and_correction_back_to_its_device() {
+        let (host, n_host) = two_nodes(false);
+        let (staged, n_staged) = two_nodes(true);
+        assert!(n_host >= 8, "only {n_host} interactions");
+        assert_eq!(n_host, n_staged);
+        for (a, b) in host.iter().zip(&staged) {
+            for (k, (x, y)) in a.iter().zip(b).enumerate() {
+                assert!((x - y).abs() <= 1e-5, "parameter {k}: host {x}, staged {y}");
+            }
+        }
+        // The last interaction averaged the two (different) models and its correction was folded:
+        // both devices hold the same model.
+        assert_eq!(staged[0], staged[1]);
+    }
 
     #[test]
     fn a_fast_forwarded_stream_continues_where_the_full_one_is() {

@@ -317,7 +317,7 @@ impl FlatModel {
 
     /// `resident`: the device of a model that is not on the host (the tests also stage through
     /// the CPU).
-    fn build(
+    pub(crate) fn build(
         kind: ModelKind,
         input: InputShape,
         classes: usize,
@@ -662,9 +662,16 @@ impl FlatModel {
     /// Runs `f` on the parameters as one mutable slice (no copy on the CPU; a model on a device
     /// stages them through a host copy, see model/staged.rs).
     pub fn with_params_mut<R>(&mut self, f: impl FnOnce(&mut [f32]) -> R) -> R {
+        self.update_params(|p| (f(p), true))
+    }
+
+    /// Like [`FlatModel::with_params_mut`] for an `f` that returns whether it wrote the
+    /// parameters: a model on a device copies them back only if it did. An `f` that writes and
+    /// returns false loses its writes on a device (on the CPU the slice is the model itself).
+    pub fn update_params<R>(&mut self, f: impl FnOnce(&mut [f32]) -> (R, bool)) -> R {
         match &mut self.staged {
-            Some(staged) => staged.with_params_mut(&mut self.flat, self.dim, f),
-            None => with_f32_slice_mut(&mut self.flat, self.dim, f),
+            Some(staged) => staged.update_params(&mut self.flat, self.dim, f),
+            None => with_f32_slice_mut(&mut self.flat, self.dim, f).0,
         }
     }
 

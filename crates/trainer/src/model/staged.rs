@@ -4,10 +4,14 @@
 //!
 //! The exchange stays in host memory (the node runtime, the windows and the codecs work on
 //! `&mut [f32]`), so every access to the parameters as a slice is staged through a host copy of
-//! the flat buffer: device-to-host before the access, host-to-device after it. On CUDA that copy
-//! is page-locked, so the host-to-device copy is asynchronous: it is queued on the device's
-//! stream ahead of the next step's kernels, and the next device-to-host copy (queued behind it,
-//! and waited for) keeps the host from overwriting the copy's source while it is being read.
+//! the flat buffer: device-to-host before the access unless the host copy is still current (no
+//! step since), host-to-device after it only if the access wrote (an averaged copy, a folded
+//! correction): a SwarmSGD step that only publishes costs one device-to-host copy, which
+//! publishing needs anyway. Averaging on the host rather than on the device moves no more bytes:
+//! the averaged model has to reach the host window either way. On CUDA the host copy is
+//! page-locked, so the host-to-device copy is asynchronous: it is queued on the device's stream
+//! ahead of the next step's kernels, and the next device-to-host copy (queued behind it, and
+//! waited for) keeps the host from overwriting the copy's source while it is being read.
 //!
 //! The same code runs with the CPU as the "device" (only the tests build such a model), so
 //! everything but the copies' direction is checked on a machine without a GPU.
@@ -22,6 +26,9 @@ pub(super) struct Staged {
     device: Device,
     /// Host copy of the flat buffer, page-locked on CUDA.
     host: Tensor,
+    /// Whether `host` holds what the device buffer holds (no device-side write since the last
+    /// copy either way), so that the next access can skip the device-to-host copy.
+    host_current: bool,
     /// Momentum buffer, laid out like the flat buffer, on the device (None without momentum).
     momentum: Option<Tensor>,
 }
@@ -37,6 +44,7 @@ impl Staged {
         Staged {
             device,
             host,
+            host_current: false,
             momentum: None,
         }
     }
@@ -56,17 +64,33 @@ impl Staged {
         }
     }
 
-    /// Runs `f` on the parameters as one host slice, then writes what `f` left back to the
-    /// device buffer `flat`.
-    pub(super) fn with_params_mut<R>(
+    /// Runs `f` on the parameters as one host slice; if `f` says it wrote them, writes the slice
+    /// back to the device buffer `flat`. The device-to-host copy is skipped when the host copy is
+    /// current; the host-to-device copy when `f` wrote nothing (the usual case: the node
+    /// publishes after every step but averages once every few).
+    pub(super) fn update_params<R>(
         &mut self,
         flat: &mut Tensor,
         dim: usize,
-        f: impl FnOnce(&mut [f32]) -> R,
+        f: impl FnOnce(&mut [f32]) -> (R, bool),
     ) -> R {
-        // Device to host; waits for the step's kernels and for the last host-to-device copy.
-        self.host.copy_(flat);
-        let r = with_f32_slice_mut(&mut self.host, dim, f);
+        if !self.host_current {
+            // Device to host; waits for the step's kernels and for the last host-to-device copy.
+            self.host.copy_(flat);
+            self.host_current = true;
+        }
+        let (r, wrote) = with_f32_slice_mut(&mut self.host, dim, f);
+        if wrote {
+            self.upload_host(flat);
+            // On CUDA the copy may still be reading the host buffer: the next access copies
+            // device-to-host first, which waits for it, before anything writes the host buffer.
+            self.host_current = false;
+        }
+        r
+    }
+
+    /// Copies the host buffer to the device buffer `flat`.
+    fn upload_host(&mut self, flat: &mut Tensor) {
         tch::no_grad(|| {
             if self.device.is_cuda() {
                 // Host to device without blocking (libtorch has no non-blocking `copy_`), then a
@@ -76,11 +100,11 @@ impl Staged {
                 flat.copy_(&self.host);
             }
         });
-        r
     }
 
     /// Overwrites the device buffer `flat` with `values`.
     pub(super) fn load(&mut self, flat: &mut Tensor, values: &[f32]) {
+        self.host_current = false;
         tch::no_grad(|| flat.copy_(&Tensor::from_slice(values)));
     }
 
@@ -134,6 +158,7 @@ impl Staged {
             f64::from(wd),
             f64::from(mu),
         );
+        self.host_current = false;
         tch::no_grad(|| {
             for (spec, leaf) in specs.iter().zip(leaves) {
                 let g = leaf.grad();
