@@ -13,7 +13,8 @@
 //! the first), a window never published reads as [`ReadOutcome::NotPublished`](swarmsgd_core::ReadOutcome),
 //! a deposit into a slot whose previous deposit has not been released is refused with
 //! [`WriteOutcome::SlotBusy`](swarmsgd_core::WriteOutcome), reads must start at a multiple of 8.
-//! The server copies a read under the window's lock, so a copy is never torn.
+//! A publish fills a buffer no reader holds and swaps it in under the window's lock; the server
+//! answers a read from the buffer published when the read arrived, so a copy is never torn.
 //!
 //! Every byte from the network is hostile until proven otherwise: a connection must open with a
 //! handshake carrying the magic, the protocol version, the job id and the per-job secret
