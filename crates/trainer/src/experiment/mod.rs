@@ -155,6 +155,23 @@ impl RunResult {
             .and_then(|c| c.3.get(k).copied())
             .unwrap_or(f64::NAN)
     }
+
+    /// Bits per node of `bytes` sent by all nodes (the whole run's [`RunResult::bytes`], or a
+    /// row of [`RunResult::curve`]).
+    pub fn bits_per_node(&self, bytes: u64) -> f64 {
+        8.0 * bytes as f64 / self.config.nodes.max(1) as f64
+    }
+
+    /// Mean over `runs` of the whole run's bits per node.
+    fn mean_bits_per_node(runs: &[&RunResult]) -> f64 {
+        mean_std(
+            &runs
+                .iter()
+                .map(|r| r.bits_per_node(r.bytes))
+                .collect::<Vec<_>>(),
+        )
+        .0
+    }
 }
 
 fn cfg_err(file: &Path, msg: String) -> TrainError {
@@ -586,7 +603,6 @@ fn plot_groups(
                 .map(|(l, runs)| seed_series(l, runs, x))
                 .collect()
         };
-        let nodes = |r: &RunResult| r.config.nodes.max(1) as f64;
         let specs: [(&str, String, &str, bool, Vec<Series>); 3] = [
             (
                 "epochs",
@@ -600,7 +616,7 @@ fn plot_groups(
                 format!("{title}: test accuracy by bits sent"),
                 "bits sent per node",
                 true,
-                series(&|r, e| 8.0 * r.curve[e].2 as f64 / nodes(r)),
+                series(&|r, e| r.bits_per_node(r.curve[e].2)),
             ),
             (
                 "time",
@@ -789,13 +805,7 @@ fn write_report(
             let (m, s) = mean_std(&acc);
             let lo = acc.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = acc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let bits = mean_std(
-                &runs
-                    .iter()
-                    .map(|r| 8.0 * r.bytes as f64 / r.config.nodes.max(1) as f64)
-                    .collect::<Vec<_>>(),
-            )
-            .0;
+            let bits = RunResult::mean_bits_per_node(runs);
             let t = |k: usize| mean_std(&runs.iter().map(|r| r.modelled(k)).collect::<Vec<_>>()).0;
             let train = mean_std(&runs.iter().map(|r| r.train_seconds).collect::<Vec<_>>()).0;
             let _ = write!(

@@ -111,13 +111,7 @@ pub(super) fn write_group(
             .map(|r| 100.0 * accuracy_at(r, budget))
             .collect();
         let (bm, bsd) = mean_std(&at);
-        let bits = mean_std(
-            &runs
-                .iter()
-                .map(|r| 8.0 * r.bytes as f64 / r.config.nodes.max(1) as f64)
-                .collect::<Vec<_>>(),
-        )
-        .0;
+        let bits = RunResult::mean_bits_per_node(runs);
         let (tt, tsd, reached) = mean_time_to(runs);
         let tt_text = match tt {
             Some(t) if reached == runs.len() => format!("{} ± {}", seconds(t), seconds(tsd)),
@@ -162,11 +156,7 @@ pub(super) fn plot_group(
         .collect();
     let bits: Vec<_> = labels
         .iter()
-        .map(|(l, runs)| {
-            seed_series(l, runs, |r, e| {
-                8.0 * r.curve[e].2 as f64 / r.config.nodes.max(1) as f64
-            })
-        })
+        .map(|(l, runs)| seed_series(l, runs, |r, e| r.bits_per_node(r.curve[e].2)))
         .collect();
     accuracy_charts(
         out,
