@@ -48,7 +48,7 @@ pub struct TcpEndpoint {
     in_flight: usize,
     /// Slots visited by the last `take_inbox` (writer, deposit counter), freed by `release_inbox`.
     taken: Vec<(NodeId, u64)>,
-    /// Window buffers: the published one, ones servers are still sending from, and spares.
+    /// Window buffers: the published one, ones servers are still sending from, and free ones.
     buffers: Vec<Arc<Vec<u8>>>,
     /// Payload buffers for writes, handed back by the client threads once sent.
     payloads: Arc<Mutex<Vec<Vec<u8>>>>,
@@ -59,8 +59,8 @@ const IDLE_SPINS: u32 = 64;
 /// The longest a waiting node sleeps before it polls again.
 const IDLE_SLEEP: Duration = Duration::from_millis(1);
 
-/// Window buffers kept beyond those in use (the published one and those being sent).
-const MAX_SPARE_BUFFERS: usize = 4;
+/// Window buffers in the pool past which those no one holds are dropped.
+const MAX_BUFFERS: usize = 4;
 
 impl TcpEndpoint {
     /// Node `me` listening on `addr` (port 0 picks a free port) with a window and inbox slots of
@@ -248,28 +248,23 @@ impl Transport for TcpEndpoint {
         }
         // Filled outside the lock, in a buffer no server is sending from: publishing never waits
         // for a read being answered, and a read never copies the window.
-        let capacity = self.shared.capacity;
-        let free = self
-            .buffers
-            .iter_mut()
-            .position(|b| Arc::get_mut(b).is_some());
-        let k = free.unwrap_or_else(|| {
-            self.buffers.push(Arc::new(vec![0; capacity]));
-            self.buffers.len() - 1
-        });
-        let Some(data) = Arc::get_mut(&mut self.buffers[k]) else {
-            unreachable!("the buffer was just found or made unshared");
+        // A buffer only this pool holds: servers clone only the published one, under the lock.
+        let mut buf = match self.buffers.iter().position(|b| Arc::strong_count(b) == 1) {
+            Some(k) => self.buffers.swap_remove(k),
+            None => Arc::new(vec![0; self.shared.capacity]),
         };
-        fill(0, &mut data[..len]);
+        // Unshared, so this borrows it in place; it would copy a shared one, never write it.
+        fill(0, &mut Arc::make_mut(&mut buf)[..len]);
         let mut published = lock(&self.shared.published);
-        published.data = self.buffers[k].clone();
+        published.data = buf.clone();
         published.len = len;
         published.version += 1;
         drop(published);
-        // Buffers beyond the ones in use come back as servers finish; keep a few spare.
-        if self.buffers.len() > MAX_SPARE_BUFFERS {
+        // Buffers come back as servers finish sending them; past a few, drop those no one holds.
+        if self.buffers.len() >= MAX_BUFFERS {
             self.buffers.retain(|b| Arc::strong_count(b) > 1);
         }
+        self.buffers.push(buf);
         Ok(())
     }
 

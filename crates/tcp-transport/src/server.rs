@@ -371,9 +371,11 @@ fn serve_one(
             out.extend_from_slice(&reply(status, 0, 0).encode());
         }
     }
-    write_all_by(stream, out, deadline).map_err(|e| drop_conn(&format!("cannot answer: {e}")))?;
-    if let Some((data, range)) = snapshot {
-        write_all_by(stream, &data[range], deadline)
+    let body = snapshot
+        .as_ref()
+        .map_or(&[][..], |(data, range)| &data[range.clone()]);
+    for part in [&out[..], body] {
+        write_all_by(stream, part, deadline)
             .map_err(|e| drop_conn(&format!("cannot answer: {e}")))?;
     }
     Ok(())

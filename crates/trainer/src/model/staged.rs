@@ -90,7 +90,7 @@ impl Staged {
     }
 
     /// Copies the host buffer to the device buffer `flat`.
-    fn upload_host(&mut self, flat: &mut Tensor) {
+    fn upload_host(&self, flat: &mut Tensor) {
         tch::no_grad(|| {
             if self.device.is_cuda() {
                 // Host to device without blocking (libtorch has no non-blocking `copy_`), then a
