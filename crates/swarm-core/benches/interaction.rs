@@ -64,6 +64,8 @@ fn interaction(c: &mut Criterion) {
                 7,
             )
             .expect("node")
+            // The trainer's default: copies and corrections are also checked for distance.
+            .with_max_peer_distance(1000.0)
         };
         let (mut a, mut b) = (node(0), node(1));
         let mut xa = vec![0.5f32; DIM];

@@ -29,9 +29,9 @@ mod transport;
 
 pub use algorithm::{
     all_finite_le, average_checked_le, average_into, average_into_le, average_publish_le,
-    check_copy_le, fold_correction, fold_correction_le, le_bytes, le_values, linf_distance,
-    mean_of, pairwise_average, pairwise_average_le, pairwise_checked_le, spread, Interaction,
-    LocalSteps, Rejected, Schedule,
+    check_copy_le, check_values_le, fold_correction, fold_correction_le, le_bytes, le_values,
+    linf_distance, mean_of, pairwise_average, pairwise_average_le, pairwise_checked_le, spread,
+    Interaction, LocalSteps, Rejected, Schedule,
 };
 pub use error::{SwarmError, TransportError};
 pub use inproc::{InProcessEndpoint, InProcessFabric};

@@ -18,7 +18,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::algorithm::{
-    all_finite_le, average_into, average_publish_le, check_copy_le, fold_correction,
+    average_into, average_publish_le, check_copy_le, check_values_le, fold_correction,
     fold_correction_le, le_bytes, le_values, linf_distance, pairwise_average, Rejected,
 };
 use crate::transport::{Completion, OpId, ReadOutcome, Transport, WriteOutcome};
@@ -412,13 +412,15 @@ impl<T: Transport> SwarmNode<T> {
         let taken = self.transport.take_inbox(&mut |_writer, bytes| {
             // Some(true): folded; Some(false): finite but too far (absurd); None: unusable.
             let verdict = if bytes.len() == raw_len {
-                all_finite_le(bytes).then(|| {
-                    let near = within(&mut le_values(bytes));
-                    if near {
+                // Finite and near checked in one pass over the correction, then one fold.
+                match check_values_le(bytes, half_limit.unwrap_or(f32::INFINITY)) {
+                    Ok(()) => {
                         fold_correction_le(params, bytes);
+                        Some(true)
                     }
-                    near
-                })
+                    Err(Rejected::TooFar) => Some(false),
+                    Err(Rejected::NonFinite) => None,
+                }
             } else if let Some(codec) = codec {
                 (matches!(codec.decode(bytes, zeros, decoded), Ok(r) if r.is_ok())
                     && decoded.iter().all(|v| v.is_finite()))
