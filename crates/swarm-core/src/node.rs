@@ -400,44 +400,33 @@ impl<T: Transport> SwarmNode<T> {
         let mut rejected = 0u64;
         let mut absurd = 0u64;
         let raw_len = 4 * self.dim;
-        let half_limit = self.max_peer_distance.map(|d| d / 2.0);
-        let within = |values: &mut dyn Iterator<Item = f32>| {
-            half_limit.is_none_or(|limit| values.fold(true, |ok, v| ok & (v.abs() <= limit)))
-        };
+        let half_limit = self.max_peer_distance.map_or(f32::INFINITY, |d| d / 2.0);
         let (codec, zeros, decoded) = (
             &self.correction_codec,
             &self.zeros,
             &mut self.correction_decoded,
         );
         let taken = self.transport.take_inbox(&mut |_writer, bytes| {
+            // Finite and near are checked in one pass over the correction, then it is folded.
             // Some(true): folded; Some(false): finite but too far (absurd); None: unusable.
             let verdict = if bytes.len() == raw_len {
-                // Finite and near checked in one pass over the correction, then one fold.
-                match check_values_le(bytes, half_limit.unwrap_or(f32::INFINITY)) {
-                    Ok(()) => {
-                        fold_correction_le(params, bytes);
-                        Some(true)
-                    }
-                    Err(Rejected::TooFar) => Some(false),
-                    Err(Rejected::NonFinite) => None,
-                }
+                check_values_le(bytes, half_limit)
+                    .map(|()| fold_correction_le(params, bytes))
+                    .into()
             } else if let Some(codec) = codec {
-                (matches!(codec.decode(bytes, zeros, decoded), Ok(r) if r.is_ok())
-                    && decoded.iter().all(|v| v.is_finite()))
-                .then(|| {
-                    let near = within(&mut decoded.iter().copied());
-                    if near {
-                        fold_correction(params, decoded);
-                    }
-                    near
-                })
+                match codec.decode(bytes, zeros, decoded) {
+                    Ok(report) if report.is_ok() => check_values_le(&le_bytes(decoded), half_limit)
+                        .map(|()| fold_correction(params, decoded))
+                        .into(),
+                    _ => FoldVerdict::Unusable,
+                }
             } else {
-                None
+                FoldVerdict::Unusable
             };
             match verdict {
-                Some(true) => folded += 1,
-                Some(false) => absurd += 1,
-                None => rejected += 1,
+                FoldVerdict::Folded => folded += 1,
+                FoldVerdict::TooFar => absurd += 1,
+                FoldVerdict::Unusable => rejected += 1,
             }
         })?;
         if taken > 0 {
@@ -862,6 +851,25 @@ impl<T: Transport> SwarmNode<T> {
                 params.len(),
                 self.dim
             )))
+        }
+    }
+}
+
+/// What became of one correction found in the inbox.
+enum FoldVerdict {
+    Folded,
+    /// Finite, but further than the distance limit allows (counted as absurd).
+    TooFar,
+    /// Undecodable or non-finite.
+    Unusable,
+}
+
+impl From<Result<(), Rejected>> for FoldVerdict {
+    fn from(check: Result<(), Rejected>) -> Self {
+        match check {
+            Ok(()) => FoldVerdict::Folded,
+            Err(Rejected::TooFar) => FoldVerdict::TooFar,
+            Err(Rejected::NonFinite) => FoldVerdict::Unusable,
         }
     }
 }

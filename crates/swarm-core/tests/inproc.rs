@@ -394,6 +394,50 @@ fn quantized_corrections_keep_the_sum_exact_and_shrink_the_writes() {
 }
 
 #[test]
+fn a_quantized_correction_past_the_distance_limit_is_refused_and_one_within_it_folded() {
+    let dim = 64;
+    let graph = vec![vec![1], vec![0]];
+    let fabric = InProcessFabric::new(graph.clone(), 8 * dim).unwrap();
+    let spec: quant::CodecSpec = "lattice:8".parse().unwrap();
+    let make = |id: usize| {
+        SwarmNode::new(
+            fabric.endpoint(id).unwrap(),
+            graph[id].clone(),
+            dim,
+            Interaction::Pairwise,
+            LocalSteps::Fixed(1),
+            Box::new(IdentityCodec),
+            5,
+        )
+        .unwrap()
+        .with_correction_codec(spec.build(4).unwrap())
+        .unwrap()
+    };
+    // a folds corrections up to 10 / 2 = 5 in magnitude; b has no limit.
+    let (mut a, mut b) = (make(0).with_max_peer_distance(10.0), make(1));
+    let mut xa = vec![0.0f32; dim];
+    a.publish(&xa).unwrap();
+    for (gap, folds) in [(100.0f32, false), (4.0, true)] {
+        // b averages with a's zeros and deposits about (gap - 0) / 2 into a's inbox.
+        let mut xb = vec![gap; dim];
+        b.publish(&xb).unwrap();
+        assert!(b.interact_with(0, &mut xb).unwrap());
+        let before = xa.clone();
+        assert_eq!(a.step_boundary(&mut xa).unwrap(), usize::from(folds));
+        if folds {
+            assert!(xa.iter().all(|&v| (v - gap / 2.0).abs() < 0.05), "{xa:?}");
+        } else {
+            assert_eq!(xa, before);
+        }
+        // Let b's next correction land: b's copy of a includes whatever a folded.
+        a.publish(&xa).unwrap();
+    }
+    assert_eq!(a.stats().rejected_absurd, 1);
+    assert_eq!(a.stats().corrections_folded, 1);
+    assert_eq!(a.stats().rejected_non_finite, 0);
+}
+
+#[test]
 fn a_payload_published_in_place_reads_back_whole_and_bumps_the_version() {
     // Longer than several fill chunks, with a tail that is not a whole word.
     const LEN: usize = 3 * 16 * 1024 + 13;
