@@ -408,7 +408,6 @@ impl<T: Transport> SwarmNode<T> {
         );
         let taken = self.transport.take_inbox(&mut |_writer, bytes| {
             // Finite and near are checked in one pass over the correction, then it is folded.
-            // Some(true): folded; Some(false): finite but too far (absurd); None: unusable.
             let verdict = if bytes.len() == raw_len {
                 check_values_le(bytes, half_limit)
                     .map(|()| fold_correction_le(params, bytes))

@@ -400,18 +400,9 @@ fn a_quantized_correction_past_the_distance_limit_is_refused_and_one_within_it_f
     let fabric = InProcessFabric::new(graph.clone(), 8 * dim).unwrap();
     let spec: quant::CodecSpec = "lattice:8".parse().unwrap();
     let make = |id: usize| {
-        SwarmNode::new(
-            fabric.endpoint(id).unwrap(),
-            graph[id].clone(),
-            dim,
-            Interaction::Pairwise,
-            LocalSteps::Fixed(1),
-            Box::new(IdentityCodec),
-            5,
-        )
-        .unwrap()
-        .with_correction_codec(spec.build(4).unwrap())
-        .unwrap()
+        node(&fabric, &graph, id, dim, Interaction::Pairwise)
+            .with_correction_codec(spec.build(4).unwrap())
+            .unwrap()
     };
     // a folds corrections up to 10 / 2 = 5 in magnitude; b has no limit.
     let (mut a, mut b) = (make(0).with_max_peer_distance(10.0), make(1));
